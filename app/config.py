@@ -1,0 +1,112 @@
+"""Settings: one object read from the environment once, by each entry point."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_TASK_MODULES = ("workers.demo",)
+DEV_TENANT = "dev"
+
+
+class ConfigError(ValueError):
+    """The environment holds a value runlane cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8000
+    home: Path = Path(".runlane")
+    redis_url: str | None = None
+    database_url: str | None = None
+    # token -> tenant; a dict so that lookups never depend on the order tokens were given in
+    api_tokens: Mapping[str, str] = field(default_factory=dict)
+    dev_mode: bool = True
+    task_modules: tuple[str, ...] = DEFAULT_TASK_MODULES
+    queues: tuple[str, ...] = ("default",)
+    idempotency_ttl_seconds: int = 86400
+    run_retention_days: int = 7
+    # How long a running attempt stays leased without a heartbeat before it counts as stalled.
+    lease_seconds: float = 10.0
+    heartbeat_seconds: float = 2.0
+    # How long a running attempt may ignore a cancel request before it is stopped hard.
+    cancel_grace_seconds: float = 5.0
+    # Redis key prefix: lets several stacks (or tests) share one Redis database.
+    prefix: str = "runlane"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("RUNLANE_HOME") or ".runlane").absolute()
+        tokens_raw = env.get("RUNLANE_API_TOKENS", "").strip()
+        dev_mode = not tokens_raw
+        tokens = parse_tokens(tokens_raw) if tokens_raw else {dev_token(home): DEV_TENANT}
+        return cls(
+            port=_int(env, "PORT", 8000),
+            home=home,
+            redis_url=env.get("REDIS_URL") or None,
+            database_url=env.get("DATABASE_URL") or None,
+            api_tokens=tokens,
+            dev_mode=dev_mode,
+            task_modules=_csv(env.get("RUNLANE_TASK_MODULES")) or DEFAULT_TASK_MODULES,
+            queues=_csv(env.get("RUNLANE_QUEUES")) or ("default",),
+            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 86400),
+            run_retention_days=_int(env, "RUN_RETENTION_DAYS", 7),
+            lease_seconds=float(env.get("RUNLANE_LEASE_SECONDS") or 10.0),
+            heartbeat_seconds=float(env.get("RUNLANE_HEARTBEAT_SECONDS") or 2.0),
+            cancel_grace_seconds=float(env.get("RUNLANE_CANCEL_GRACE_SECONDS") or 5.0),
+            prefix=env.get("RUNLANE_PREFIX") or "runlane",
+        )
+
+    def require_urls(self) -> tuple[str, str]:
+        """The server URLs; processes other than `runlane dev` cannot start servers themselves."""
+        if not self.redis_url or not self.database_url:
+            raise ConfigError(
+                "REDIS_URL and DATABASE_URL must be set (scripts/run sets them for its children)"
+            )
+        return self.redis_url, self.database_url
+
+
+def parse_tokens(raw: str) -> dict[str, str]:
+    tokens: dict[str, str] = {}
+    for pair in _csv(raw):
+        tenant, sep, token = pair.partition(":")
+        if not sep or not tenant.strip() or not token.strip():
+            raise ConfigError(f"RUNLANE_API_TOKENS entries are tenant:token, got {pair[:40]!r}")
+        tokens[token.strip()] = tenant.strip()
+    return tokens
+
+
+def dev_token(home: Path) -> str:
+    """The dev-mode token, made once per RUNLANE_HOME so every process of the stack agrees on it."""
+    path = home / "dev-token"
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    token = "dev_" + secrets.token_urlsafe(24)
+    tmp = path.with_suffix(f".{os.getpid()}")
+    tmp.write_text(token)
+    try:
+        os.link(tmp, path)  # atomic create-if-absent: concurrent starters agree on one token
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def _csv(raw: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc

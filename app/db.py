@@ -1,0 +1,96 @@
+"""Postgres access: the connection pool, named SQL queries loaded from app/sql, and migrations."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+MIGRATION_LOCK = 72_616_101  # advisory lock key held while migrating
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Every named query of app/sql/queries/*.sql, read once on first use."""
+    found: dict[str, str] = {}
+    for entry in sorted(resources.files("app.sql.queries").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _NAME.split(entry.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise ValueError(f"query {name} is defined twice")
+            found[name] = body.strip()
+    return found
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
+    return psycopg.connect(url, row_factory=dict_row, autocommit=True, **kwargs)
+
+
+def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "runlane") -> ConnectionPool:
+    """A pool of autocommit connections: a single-statement state change is its own transaction."""
+    return ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "autocommit": True},
+        name=name,
+        open=True,
+        check=ConnectionPool.check_connection,
+    )
+
+
+def jsonb(value: Any) -> Jsonb:
+    return Jsonb(value)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for each app/sql/migrations/NNNN_name.sql, in order."""
+    found = []
+    for entry in resources.files("app.sql.migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text()))
+    return sorted(found)
+
+
+def schema_sql() -> str:
+    return resources.files("app.sql").joinpath("schema.sql").read_text()
+
+
+def migrate(url: str) -> list[int]:
+    """Apply pending migrations under an advisory lock; safe to run concurrently and repeatedly."""
+    applied: list[int] = []
+    with connect(url) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(q("create_migrations_table"))
+            done = {row["version"] for row in conn.execute(q("applied_migrations"))}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute(q("record_migration"), {"version": version, "name": name})
+                applied.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied
+
+
+def schema_current(conn: psycopg.Connection[Any]) -> bool:
+    latest = max(version for version, _, _ in migrations())
+    row = conn.execute(q("latest_migration")).fetchone()
+    return bool(row) and row["version"] == latest

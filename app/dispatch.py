@@ -1,0 +1,47 @@
+"""Dispatch: hands queued runs to RQ. Postgres says what must run; RQ only carries run ids.
+
+A run id may reach RQ more than once (the web's fast path, then the scheduler's sweep after a crash
+or an emptied Redis); the worker's claim in Postgres makes every delivery but one a no-op.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from redis import Redis
+from rq import Queue
+
+from app.domain import Run
+from app.redis_keys import Keys
+
+JOB_FUNC = "workers.execute.perform"
+
+
+def enqueue(redis: Redis, keys: Keys, runs: Iterable[Run]) -> int:
+    """Push the runs onto their queue's priority list, in one pipeline. Returns how many."""
+    by_queue: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_queue[keys.rq_queue(run.queue, run.priority)].append(run)
+    if not by_queue:
+        return 0
+    pipe = redis.pipeline(transaction=False)
+    for name, batch in by_queue.items():
+        queue = Queue(name, connection=redis)
+        queue.enqueue_many(
+            [
+                Queue.prepare_data(
+                    JOB_FUNC,
+                    args=(run.id,),
+                    job_id=run.id,
+                    timeout=-1,  # runlane enforces timeout_s itself, per attempt
+                    result_ttl=0,
+                    failure_ttl=3600,
+                    description=f"{run.task} {run.id}",
+                )
+                for run in batch
+            ],
+            pipeline=pipe,
+        )
+    pipe.execute()
+    return sum(len(batch) for batch in by_queue.values())

@@ -1,0 +1,261 @@
+"""The run state machine: every state change is one named function, one transaction, one event.
+
+Each function takes a connection (autocommit: each statement is its own transaction) and runs one
+query of app/sql/queries/runs.sql. Guards in the queries make stale or duplicate calls no-ops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from app.db import jsonb, q
+from app.domain import Event, Run
+
+Conn = psycopg.Connection[Any]
+
+
+class RunNotFound(LookupError):
+    """No such run for this tenant (another tenant's run does not exist for the caller)."""
+
+
+class RunConflict(Exception):
+    """The run's state does not allow the requested change."""
+
+    def __init__(self, run: Run, detail: str) -> None:
+        super().__init__(detail)
+        self.run = run
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class NewRun:
+    tenant: str
+    task: str
+    queue: str
+    input: Any
+    priority: int
+    max_attempts: int
+    backoff: dict[str, Any] | None
+    timeout_s: float | None
+    metadata: dict[str, Any]
+    scheduled_for: datetime | None  # None or past: queued now
+    idempotency_key: str | None = None
+    request_fingerprint: str | None = None
+    delayed: bool = False
+
+
+def create_run(conn: Conn, new: NewRun) -> tuple[Run, bool]:
+    """Insert the run and its first event; (existing run, False) when the key was used before."""
+    row = conn.execute(
+        q("insert_run"),
+        {
+            "id": uuid.uuid4(),
+            "tenant": new.tenant,
+            "task": new.task,
+            "queue": new.queue,
+            "status": "delayed" if new.delayed else "queued",
+            "input": jsonb(new.input),
+            "max_attempts": new.max_attempts,
+            "backoff": jsonb(new.backoff) if new.backoff is not None else None,
+            "timeout_s": new.timeout_s,
+            "priority": new.priority,
+            "metadata": jsonb(new.metadata),
+            "idempotency_key": new.idempotency_key,
+            "request_fingerprint": new.request_fingerprint,
+            "scheduled_for": new.scheduled_for,
+        },
+    ).fetchone()
+    if row is not None:
+        return Run.from_row(row), True
+    existing = conn.execute(
+        q("run_by_idempotency_key"),
+        {"tenant": new.tenant, "idempotency_key": new.idempotency_key},
+    ).fetchone()
+    if existing is None:  # the conflicting row was deleted (retention) between the two statements
+        return create_run(conn, new)
+    return Run.from_row(existing), False
+
+
+def get_run(conn: Conn, tenant: str, run_id: str) -> Run:
+    row = conn.execute(q("get_run"), {"id": _uuid(run_id), "tenant": tenant}).fetchone()
+    if row is None:
+        raise RunNotFound(run_id)
+    return Run.from_row(row)
+
+
+def load_run(conn: Conn, run_id: str) -> Run | None:
+    """A run by id whatever its tenant: for workers, which act on ids Postgres gave out."""
+    row = conn.execute(q("get_run_any_tenant"), {"id": _uuid(run_id)}).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def list_runs(
+    conn: Conn,
+    tenant: str,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, str] | None = None,
+) -> list[Run]:
+    rows = conn.execute(
+        q("list_runs"),
+        {
+            "tenant": tenant,
+            "status": status,
+            "queue": queue,
+            "task": task,
+            "limit": limit,
+            "before_created": before[0] if before else None,
+            "before_id": before[1] if before else None,
+        },
+    ).fetchall()
+    return [Run.from_row(row) for row in rows]
+
+
+def list_events(conn: Conn, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    rows = conn.execute(
+        q("list_events"), {"run_id": _uuid(run_id), "after": after, "limit": limit}
+    ).fetchall()
+    return [Event.from_row(row) for row in rows]
+
+
+def claim_attempt(conn: Conn, run_id: str, *, worker: str, lease_s: float) -> Run | None:
+    """Start the next attempt; None when the run is no longer queued (fencing)."""
+    row = conn.execute(
+        q("claim_attempt"), {"id": _uuid(run_id), "worker": worker, "lease_s": lease_s}
+    ).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def record_progress(conn: Conn, run: Run, percent: float, message: str) -> bool:
+    """Store and emit progress; returns whether cancellation has been requested."""
+    data = {"percent": percent, "message": message}
+    row = conn.execute(
+        q("record_progress"), {"id": _uuid(run.id), "attempt": run.attempt, "data": jsonb(data)}
+    ).fetchone()
+    return bool(row and row["cancel_requested_at"])
+
+
+def record_log(conn: Conn, run: Run, message: str, level: str) -> bool:
+    data = {"level": level, "message": message}
+    row = conn.execute(
+        q("record_log"), {"id": _uuid(run.id), "attempt": run.attempt, "data": jsonb(data)}
+    ).fetchone()
+    return bool(row and row["cancel_requested_at"])
+
+
+def finish_attempt(conn: Conn, run: Run, result: Any) -> Run | None:
+    """The attempt succeeded. None when the run was cancelled meanwhile (see cancel_running)."""
+    row = conn.execute(
+        q("finish_attempt"), {"id": _uuid(run.id), "attempt": run.attempt, "result": jsonb(result)}
+    ).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def retry_attempt(conn: Conn, run: Run, error: dict[str, str], delay_ms: int) -> Run | None:
+    row = conn.execute(
+        q("retry_attempt"),
+        {"id": _uuid(run.id), "attempt": run.attempt, "error": jsonb(error), "delay_ms": delay_ms},
+    ).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def fail_attempt(conn: Conn, run: Run, error: dict[str, str]) -> Run | None:
+    row = conn.execute(
+        q("fail_attempt"), {"id": _uuid(run.id), "attempt": run.attempt, "error": jsonb(error)}
+    ).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def cancel_running(conn: Conn, run: Run) -> Run | None:
+    """The worker stopped an attempt whose cancellation was requested."""
+    row = conn.execute(q("cancel_running"), {"id": _uuid(run.id), "attempt": run.attempt}).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def request_cancel(conn: Conn, tenant: str, run_id: str, reason: str = "cancelled") -> Run:
+    """Cancel a waiting run at once, or ask a running attempt to stop; 409 for a finished run."""
+    params = {"id": _uuid(run_id), "tenant": tenant, "reason": reason}
+    row = conn.execute(q("cancel_waiting"), params).fetchone()
+    if row is None:
+        row = conn.execute(q("request_cancel_running"), params).fetchone()
+    if row is not None:
+        return Run.from_row(row)
+    run = get_run(conn, tenant, run_id)
+    if run.status.terminal:
+        raise RunConflict(run, f"run is already {run.status.value}")
+    # it moved between states while we looked (e.g. queued -> running): try once more
+    return request_cancel(conn, tenant, run_id, reason)
+
+
+def retry_run(conn: Conn, tenant: str, run_id: str) -> Run:
+    row = conn.execute(q("retry_run"), {"id": _uuid(run_id), "tenant": tenant}).fetchone()
+    if row is not None:
+        return Run.from_row(row)
+    run = get_run(conn, tenant, run_id)
+    raise RunConflict(run, f"only failed or cancelled runs can be retried; run is {run.status.value}")
+
+
+def promote_due(conn: Conn, limit: int = 500) -> list[Run]:
+    """Delayed runs whose time has come become queued."""
+    return [Run.from_row(row) for row in conn.execute(q("promote_due"), {"limit": limit})]
+
+
+def next_delayed_due(conn: Conn) -> datetime | None:
+    row = conn.execute(q("next_delayed_due")).fetchone()
+    return row["due"] if row else None
+
+
+def renew_leases(
+    conn: Conn, run_ids: list[str], *, worker: str, lease_s: float
+) -> dict[str, bool]:
+    """Extend the leases of this worker's attempts; run id -> cancel requested."""
+    rows = conn.execute(
+        q("renew_leases"),
+        {"ids": [_uuid(r) for r in run_ids], "worker": worker, "lease_s": lease_s},
+    )
+    return {str(row["id"]): row["cancel_requested_at"] is not None for row in rows}
+
+
+def recover_stalled(conn: Conn, limit: int = 100) -> list[Run]:
+    """Runs whose lease expired: requeued on a first stall, failed (or cancelled) on a second."""
+    recovered = []
+    with conn.transaction():
+        for row in conn.execute(q("expired_leases"), {"limit": limit}).fetchall():
+            run = Run.from_row(row)
+            params = {"id": _uuid(run.id), "attempt": run.attempt}
+            if row["cancel_requested_at"] is not None:
+                conn.execute(q("stall_event"), params)
+                done = conn.execute(q("cancel_running"), params).fetchone()
+            elif row["stalls"] == 0:
+                done = conn.execute(q("requeue_stalled"), params).fetchone()
+            else:
+                conn.execute(q("stall_event"), params)
+                error = {"type": "Stalled", "message": "the attempt's worker stopped responding"}
+                done = conn.execute(q("fail_attempt"), {**params, "error": jsonb(error)}).fetchone()
+            if done is not None:
+                recovered.append(Run.from_row(done))
+    return recovered
+
+
+def queued_to_dispatch(conn: Conn, *, older_than_s: float, limit: int = 1000) -> list[Run]:
+    rows = conn.execute(q("queued_to_dispatch"), {"older_than_s": older_than_s, "limit": limit})
+    return [Run.from_row(row) for row in rows]
+
+
+def mark_dispatched(conn: Conn, run_ids: list[str]) -> None:
+    conn.execute(q("mark_dispatched"), {"ids": [_uuid(r) for r in run_ids]})
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise RunNotFound(value) from exc

@@ -1,0 +1,270 @@
+-- Run state changes. Each is one statement, so the change and its outbox event commit together;
+-- the row lock on runs serialises a run's events, so per run commit order is seq order.
+
+-- name: insert_run
+WITH r AS (
+    INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
+                      priority, metadata, idempotency_key, request_fingerprint, scheduled_for,
+                      dispatched_at, last_seq)
+    VALUES (%(id)s, %(tenant)s, %(task)s, %(queue)s, %(status)s, %(input)s, %(max_attempts)s,
+            %(backoff)s, %(timeout_s)s, %(priority)s, %(metadata)s, %(idempotency_key)s,
+            %(request_fingerprint)s, COALESCE(%(scheduled_for)s, now()),
+            CASE WHEN %(status)s = 'queued' THEN now() END, 1)
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, 1,
+           CASE WHEN status = 'queued' THEN 'run.queued' ELSE 'run.delayed' END,
+           CASE WHEN status = 'queued'
+                THEN jsonb_build_object('queue', queue, 'priority', priority)
+                ELSE jsonb_build_object('until', scheduled_for) END,
+           tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: run_by_idempotency_key
+SELECT * FROM runs WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: get_run
+SELECT * FROM runs WHERE id = %(id)s AND tenant = %(tenant)s;
+
+-- name: get_run_any_tenant
+SELECT * FROM runs WHERE id = %(id)s;
+
+-- name: list_runs
+SELECT * FROM runs
+WHERE tenant = %(tenant)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(before_created)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_created)s, %(before_id)s::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: list_events
+SELECT e.* FROM run_events e
+WHERE e.run_id = %(run_id)s AND e.seq > %(after)s
+ORDER BY e.seq
+LIMIT %(limit)s;
+
+-- name: claim_attempt
+-- Fencing: only a queued, unpaused, uncancelled run starts; a duplicate delivery updates nothing.
+WITH r AS (
+    UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = now(),
+                    worker = %(worker)s, last_seq = last_seq + 1,
+                    lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+    WHERE id = %(id)s AND status = 'queued' AND cancel_requested_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                      WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.started',
+           jsonb_build_object('attempt', attempt, 'worker', worker), tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: record_progress
+WITH r AS (
+    UPDATE runs SET progress = %(data)s, last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.progress', %(data)s, tenant, queue FROM r
+)
+SELECT last_seq, cancel_requested_at FROM r;
+
+-- name: record_log
+WITH r AS (
+    UPDATE runs SET last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.log', %(data)s, tenant, queue FROM r
+)
+SELECT last_seq, cancel_requested_at FROM r;
+
+-- name: finish_attempt
+WITH r AS (
+    UPDATE runs SET status = 'succeeded', result = %(result)s, finished_at = now(),
+                    lease_expires_at = NULL, last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+      AND cancel_requested_at IS NULL
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.succeeded', jsonb_build_object('result', result), tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: retry_attempt
+-- A failed attempt with attempts left: back to delayed (or queued when there is no wait).
+WITH r AS (
+    UPDATE runs SET status = CASE WHEN %(delay_ms)s > 0 THEN 'delayed' ELSE 'queued' END,
+                    error = %(error)s, lease_expires_at = NULL, worker = NULL,
+                    scheduled_for = now() + make_interval(secs => %(delay_ms)s / 1000.0),
+                    dispatched_at = CASE WHEN %(delay_ms)s > 0 THEN NULL ELSE now() END,
+                    last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+      AND cancel_requested_at IS NULL
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.retrying',
+           jsonb_build_object('attempt', attempt, 'error', error, 'delay_ms', %(delay_ms)s),
+           tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: fail_attempt
+WITH r AS (
+    UPDATE runs SET status = 'failed', error = %(error)s, finished_at = now(),
+                    lease_expires_at = NULL, last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+      AND cancel_requested_at IS NULL
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.failed', jsonb_build_object('attempt', attempt, 'error', error),
+           tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: cancel_waiting
+WITH r AS (
+    UPDATE runs SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
+                    cancel_reason = %(reason)s, last_seq = last_seq + 1
+    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'delayed')
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.cancelled', jsonb_build_object('reason', cancel_reason),
+           tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: request_cancel_running
+-- The run stays running until its worker stops the attempt and calls cancel_running.
+UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                cancel_reason = COALESCE(cancel_reason, %(reason)s)
+WHERE id = %(id)s AND tenant = %(tenant)s AND status = 'running'
+RETURNING *;
+
+-- name: cancel_running
+WITH r AS (
+    UPDATE runs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                    last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+      AND cancel_requested_at IS NOT NULL
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.cancelled',
+           jsonb_build_object('reason', COALESCE(cancel_reason, 'cancelled')), tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: retry_run
+WITH r AS (
+    UPDATE runs SET status = 'queued', attempt = 0, stalls = 0, error = NULL, result = NULL,
+                    progress = NULL, finished_at = NULL, started_at = NULL, worker = NULL,
+                    cancel_requested_at = NULL, cancel_reason = NULL, scheduled_for = now(),
+                    dispatched_at = now(), last_seq = last_seq + 1
+    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'cancelled')
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.queued', jsonb_build_object('queue', queue, 'priority', priority),
+           tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: promote_due
+-- Delayed runs whose time has come; SKIP LOCKED lets several schedulers share the work.
+WITH due AS (
+    SELECT id FROM runs
+    WHERE status = 'delayed' AND scheduled_for <= now()
+    ORDER BY scheduled_for
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), r AS (
+    UPDATE runs SET status = 'queued', dispatched_at = now(), last_seq = last_seq + 1
+    FROM due WHERE runs.id = due.id
+    RETURNING runs.*
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.queued', jsonb_build_object('queue', queue, 'priority', priority),
+           tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: next_delayed_due
+SELECT min(scheduled_for) AS due FROM runs WHERE status = 'delayed';
+
+-- name: renew_leases
+-- The heartbeat of a worker process: keeps its attempts leased and reports cancel requests.
+UPDATE runs SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+WHERE id = ANY(%(ids)s) AND status = 'running' AND worker = %(worker)s
+RETURNING id, attempt, cancel_requested_at;
+
+-- name: expired_leases
+SELECT * FROM runs
+WHERE status = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: requeue_stalled
+WITH r AS (
+    UPDATE runs SET status = 'queued', attempt = attempt - 1, stalls = stalls + 1,
+                    worker = NULL, lease_expires_at = NULL, dispatched_at = now(),
+                    last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.stalled', jsonb_build_object('attempt', attempt + 1), tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: stall_event
+-- The run.stalled event of a run that is about to fail or be cancelled for stalling.
+WITH r AS (
+    UPDATE runs SET last_seq = last_seq + 1, stalls = stalls + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+    RETURNING *
+)
+INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+SELECT id, last_seq, 'run.stalled', jsonb_build_object('attempt', attempt), tenant, queue
+FROM r
+RETURNING seq;
+
+-- name: queued_to_dispatch
+-- Queued runs that Redis may not hold: never dispatched, or dispatched long ago.
+SELECT * FROM runs
+WHERE status = 'queued'
+  AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => %(older_than_s)s))
+  AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
+ORDER BY priority, scheduled_for
+LIMIT %(limit)s;
+
+-- name: mark_dispatched
+UPDATE runs SET dispatched_at = now() WHERE id = ANY(%(ids)s) AND status = 'queued';
+
+-- name: queued_in_queue
+SELECT * FROM runs WHERE tenant = %(tenant)s AND queue = %(queue)s AND status = 'queued'
+ORDER BY priority, scheduled_for;

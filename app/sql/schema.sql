@@ -1,0 +1,102 @@
+-- The whole current schema; tests prove the migrations produce exactly this.
+
+CREATE TABLE runs (
+    id                  uuid PRIMARY KEY,
+    tenant              text NOT NULL,
+    task                text NOT NULL,
+    queue               text NOT NULL,
+    status              text NOT NULL,
+    input               jsonb NOT NULL DEFAULT 'null',
+    result              jsonb,
+    error               jsonb,
+    attempt             integer NOT NULL DEFAULT 0,
+    max_attempts        integer NOT NULL DEFAULT 1,
+    backoff             jsonb,
+    timeout_s           double precision,
+    priority            smallint NOT NULL DEFAULT 5,
+    progress            jsonb,
+    metadata            jsonb NOT NULL DEFAULT '{}',
+    idempotency_key     text,
+    request_fingerprint text,
+    created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    scheduled_for       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at          timestamptz,
+    finished_at         timestamptz,
+    last_seq            integer NOT NULL DEFAULT 0,
+    -- execution bookkeeping, never shown to clients
+    dispatched_at       timestamptz,
+    worker              text,
+    lease_expires_at    timestamptz,
+    stalls              integer NOT NULL DEFAULT 0,
+    cancel_requested_at timestamptz,
+    cancel_reason       text,
+    CONSTRAINT runs_status_check CHECK (
+        status IN ('queued', 'delayed', 'running', 'succeeded', 'failed', 'cancelled')),
+    CONSTRAINT runs_priority_check CHECK (priority BETWEEN 1 AND 10),
+    CONSTRAINT runs_tenant_idempotency_key_key UNIQUE (tenant, idempotency_key)
+);
+
+CREATE INDEX runs_tenant_created_idx ON runs (tenant, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status);
+CREATE INDEX runs_delayed_due_idx ON runs (scheduled_for) WHERE status = 'delayed';
+CREATE INDEX runs_queued_dispatch_idx ON runs (dispatched_at) WHERE status = 'queued';
+CREATE INDEX runs_running_lease_idx ON runs (lease_expires_at) WHERE status = 'running';
+CREATE INDEX runs_finished_idx ON runs (finished_at) WHERE finished_at IS NOT NULL;
+
+-- The outbox: one row per event, written in the transaction of the state change it reports.
+CREATE TABLE run_events (
+    id        bigserial UNIQUE,
+    run_id    uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    seq       integer NOT NULL,
+    type      text NOT NULL,
+    data      jsonb NOT NULL DEFAULT '{}',
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tenant    text NOT NULL,
+    queue     text NOT NULL,
+    -- position in the tenant-wide stream, given by the relay when it first publishes the row
+    tseq      bigint,
+    published boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (run_id, seq)
+);
+
+CREATE INDEX run_events_unpublished_idx ON run_events (id) WHERE NOT published;
+CREATE UNIQUE INDEX run_events_tenant_tseq_idx ON run_events (tenant, tseq);
+
+-- Wakes the relay; one notification per inserting statement, not per row.
+CREATE FUNCTION runlane_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('runlane_events', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER run_events_notify AFTER INSERT ON run_events
+    FOR EACH STATEMENT EXECUTE FUNCTION runlane_notify_events();
+
+CREATE TABLE tenant_streams (
+    tenant    text PRIMARY KEY,
+    last_tseq bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE queue_pauses (
+    tenant    text NOT NULL,
+    queue     text NOT NULL,
+    paused_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (tenant, queue)
+);
+
+CREATE TABLE schedules (
+    tenant       text NOT NULL,
+    name         text NOT NULL,
+    task         text NOT NULL,
+    input        jsonb NOT NULL DEFAULT 'null',
+    queue        text,
+    cron         text,
+    every_s      double precision,
+    next_fire_at timestamptz NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (tenant, name),
+    CONSTRAINT schedules_one_trigger_check CHECK ((cron IS NULL) <> (every_s IS NULL))
+);
+
+CREATE INDEX schedules_due_idx ON schedules (next_fire_at);

@@ -1,0 +1,103 @@
+"""The task registry: tasks are functions registered by name with a decorator.
+
+It lives in the shared core because both sides need it: the web validates task names and shows
+their defaults, the workers call them. Task modules are imported by name (RUNLANE_TASK_MODULES).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Unrecoverable(Exception):
+    """Raised by a task to fail its run at once, whatever attempts remain."""
+
+
+class Context(Protocol):
+    """What a task is handed besides its input."""
+
+    run_id: str
+    attempt: int
+
+    def progress(self, percent: float, message: str = "") -> None: ...
+
+    def log(self, message: str, level: str = "info") -> None: ...
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; returns True early (within 100 ms) if cancellation is requested."""
+        ...
+
+
+TaskFn = Callable[[Context, Any], Any]
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    name: str
+    fn: TaskFn
+    queue: str | None = None
+    max_attempts: int | None = None
+    backoff: dict[str, Any] | None = None
+    timeout_s: float | None = None
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue or "default",
+            "max_attempts": self.max_attempts or 1,
+            "backoff": self.backoff,
+            "timeout_s": self.timeout_s,
+            "description": self.description,
+        }
+
+
+@dataclass
+class Registry:
+    tasks: dict[str, TaskDef] = field(default_factory=dict)
+
+    def task(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        backoff: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Callable[[TaskFn], TaskFn]:
+        def register(fn: TaskFn) -> TaskFn:
+            if name in self.tasks and self.tasks[name].fn is not fn:
+                raise ValueError(f"task {name} is registered twice")
+            doc = (fn.__doc__ or "").strip().splitlines()
+            self.tasks[name] = TaskDef(
+                name, fn, queue, max_attempts, backoff, timeout_s, doc[0] if doc else ""
+            )
+            return fn
+
+        return register
+
+    def get(self, name: str) -> TaskDef | None:
+        return self.tasks.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tasks
+
+
+# The registry task modules register into with `@task(...)`; filled when they are imported.
+registry = Registry()
+task = registry.task
+
+ALWAYS_LOADED = ("workers.demo",)
+
+
+def load(modules: Iterable[str]) -> Registry:
+    """Import the task modules (the demo tasks always); their decorators fill the registry."""
+    for module in dict.fromkeys([*ALWAYS_LOADED, *modules]):
+        importlib.import_module(module)
+    return registry
