@@ -1,0 +1,37 @@
+"""The connections an entry point needs, built explicitly from Settings (never at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from psycopg_pool import ConnectionPool
+from redis import Redis
+
+from app import db, tasks
+from app.config import Settings
+from app.redis_keys import Keys
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: ConnectionPool
+    redis: Redis
+    keys: Keys
+    registry: tasks.Registry = field(default_factory=lambda: tasks.registry)
+
+    @classmethod
+    def build(cls, settings: Settings, *, pool_size: int = 10, name: str = "runlane") -> Services:
+        redis_url, database_url = settings.require_urls()
+        registry = tasks.load(settings.task_modules)
+        return cls(
+            settings=settings,
+            pool=db.make_pool(database_url, max_size=pool_size, name=name),
+            redis=Redis.from_url(redis_url, health_check_interval=30),
+            keys=Keys(settings.prefix),
+            registry=registry,
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+        self.redis.close()
