@@ -39,7 +39,9 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
     return psycopg.connect(url, row_factory=dict_row, autocommit=True, **kwargs)
 
 
-def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "runlane") -> ConnectionPool:
+def make_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, name: str = "runlane"
+) -> ConnectionPool:
     """A pool of autocommit connections: a single-statement state change is its own transaction."""
     return ConnectionPool(
         url,

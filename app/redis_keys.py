@@ -32,7 +32,7 @@ class Keys:
 
     @property
     def epoch(self) -> str:
-        """Written by the relay; its absence means Redis lost its data and streams need rebuilding."""
+        """Written by the relay; gone means Redis lost its data and streams need rebuilding."""
         return f"{self.prefix}:epoch"
 
     def wake(self, listener: str) -> str:
@@ -85,7 +85,8 @@ return 1
 # KEYS[1] = idempotency key, ARGV[1] = fingerprint
 # Frees a key whose request was rejected, so the rejection does not consume it.
 IDEMPOTENCY_RELEASE = """
-if redis.call('HGET', KEYS[1], 'state') == 'inflight' and redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then
+local state = redis.call('HMGET', KEYS[1], 'state', 'fp')
+if state[1] == 'inflight' and state[2] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0

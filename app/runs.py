@@ -176,7 +176,9 @@ def fail_attempt(conn: Conn, run: Run, error: dict[str, str]) -> Run | None:
 
 def cancel_running(conn: Conn, run: Run) -> Run | None:
     """The worker stopped an attempt whose cancellation was requested."""
-    row = conn.execute(q("cancel_running"), {"id": _uuid(run.id), "attempt": run.attempt}).fetchone()
+    row = conn.execute(
+        q("cancel_running"), {"id": _uuid(run.id), "attempt": run.attempt}
+    ).fetchone()
     return Run.from_row(row) if row else None
 
 
@@ -200,7 +202,9 @@ def retry_run(conn: Conn, tenant: str, run_id: str) -> Run:
     if row is not None:
         return Run.from_row(row)
     run = get_run(conn, tenant, run_id)
-    raise RunConflict(run, f"only failed or cancelled runs can be retried; run is {run.status.value}")
+    raise RunConflict(
+        run, f"only failed or cancelled runs can be retried; run is {run.status.value}"
+    )
 
 
 def promote_due(conn: Conn, limit: int = 500) -> list[Run]:
@@ -213,9 +217,7 @@ def next_delayed_due(conn: Conn) -> datetime | None:
     return row["due"] if row else None
 
 
-def renew_leases(
-    conn: Conn, run_ids: list[str], *, worker: str, lease_s: float
-) -> dict[str, bool]:
+def renew_leases(conn: Conn, run_ids: list[str], *, worker: str, lease_s: float) -> dict[str, bool]:
     """Extend the leases of this worker's attempts; run id -> cancel requested."""
     rows = conn.execute(
         q("renew_leases"),

@@ -30,7 +30,7 @@ class Context(Protocol):
     def cancel_requested(self) -> bool: ...
 
     def wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds`; returns True early (within 100 ms) if cancellation is requested."""
+        """Sleep up to `seconds`; True early (within 100 ms) if cancellation is requested."""
         ...
 
 

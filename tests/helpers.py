@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -19,8 +20,12 @@ BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
     """Poll `check` until it returns something truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -42,8 +47,13 @@ class Stack:
     """The Procfile processes, each started on its own, as a Procfile runner would."""
 
     def __init__(self, env: dict[str, str], logdir: Path) -> None:
-        self.env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                    "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            **env,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.logdir = logdir
         self.commands = procfile()
         self.procs: dict[str, list[subprocess.Popen[bytes]]] = {}
@@ -51,8 +61,9 @@ class Stack:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def run_release(self) -> None:
-        subprocess.run(["bash", "-c", self.commands["release"]], env=self.env, check=True,
-                       cwd=ROOT, timeout=60)
+        subprocess.run(
+            ["bash", "-c", self.commands["release"]], env=self.env, check=True, cwd=ROOT, timeout=60
+        )
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         index = len(self.procs.get(name, []))
@@ -88,10 +99,8 @@ class Stack:
         wait_for(ready, timeout, interval=0.1, message="the web process to be ready")
 
     def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def kill(self, name: str, index: int = 0) -> None:
         proc = self.procs[name][index]
@@ -111,8 +120,10 @@ class Stack:
                 proc.wait(5)
 
     def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                         for p in sorted(self.logdir.glob("*.log")))
+        return "\n".join(
+            f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.logdir.glob("*.log"))
+        )
 
 
 def shell_quote(args: list[str]) -> str:

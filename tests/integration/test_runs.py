@@ -1,0 +1,203 @@
+"""The run state machine against real Postgres: every change commits with exactly one event."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from app import db, runs
+from app.domain import RunStatus
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with db.connect(database_url) as connection:
+        yield connection
+
+
+def new_run(**overrides: Any) -> runs.NewRun:
+    fields: dict[str, Any] = {
+        "tenant": "alpha",
+        "task": "demo.echo",
+        "queue": "default",
+        "input": {"n": 1},
+        "priority": 5,
+        "max_attempts": 2,
+        "backoff": None,
+        "timeout_s": None,
+        "metadata": {},
+        "scheduled_for": None,
+    }
+    return runs.NewRun(**{**fields, **overrides})
+
+
+def event_types(conn: psycopg.Connection[Any], run_id: str) -> list[str]:
+    return [event.type.value for event in runs.list_events(conn, run_id)]
+
+
+def test_create_then_same_key_returns_the_first_run(conn: psycopg.Connection[Any]) -> None:
+    first, created = runs.create_run(conn, new_run(idempotency_key="k", request_fingerprint="f"))
+    again, created_again = runs.create_run(conn, new_run(idempotency_key="k"))
+
+    assert (created, created_again) == (True, False)
+    assert again.id == first.id
+    assert first.status is RunStatus.QUEUED and first.last_seq == 1
+    assert event_types(conn, first.id) == ["run.queued"]
+
+
+def test_the_same_key_in_another_tenant_is_another_run(conn: psycopg.Connection[Any]) -> None:
+    a, _ = runs.create_run(conn, new_run(idempotency_key="k"))
+    b, created = runs.create_run(conn, new_run(tenant="beta", idempotency_key="k"))
+    assert created and a.id != b.id
+
+
+def test_a_duplicate_claim_is_a_no_op(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    claimed = runs.claim_attempt(conn, run.id, worker="w1", lease_s=10)
+
+    assert claimed is not None and claimed.attempt == 1 and claimed.status is RunStatus.RUNNING
+    assert runs.claim_attempt(conn, run.id, worker="w2", lease_s=10) is None
+    assert event_types(conn, run.id) == ["run.queued", "run.started"]
+
+
+def test_concurrent_claims_start_one_attempt(database_url: str, conn: Any) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    results: list[Any] = []
+
+    def claim(name: str) -> None:
+        with db.connect(database_url) as own:
+            results.append(runs.claim_attempt(own, run.id, worker=name, lease_s=10))
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(result is not None for result in results) == 1
+    assert event_types(conn, run.id) == ["run.queued", "run.started"]
+
+
+def test_retry_then_success_numbers_events_without_gaps(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    first = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    assert first is not None
+    runs.record_progress(conn, first, 50, "half")
+    retried = runs.retry_attempt(conn, first, {"type": "ValueError", "message": "x"}, 0)
+    assert retried is not None and retried.status is RunStatus.QUEUED
+    second = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    assert second is not None and second.attempt == 2
+    done = runs.finish_attempt(conn, second, {"ok": True})
+
+    assert done is not None and done.status is RunStatus.SUCCEEDED and done.result == {"ok": True}
+    events = runs.list_events(conn, run.id)
+    assert [e.type.value for e in events] == [
+        "run.queued",
+        "run.started",
+        "run.progress",
+        "run.retrying",
+        "run.started",
+        "run.succeeded",
+    ]
+    assert [e.seq for e in events] == list(range(1, 7)) and done.last_seq == 6
+
+
+def test_a_stale_attempt_cannot_finish_a_newer_one(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    first = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    assert first is not None
+    runs.retry_attempt(conn, first, {"type": "E", "message": ""}, 0)
+    assert runs.claim_attempt(conn, run.id, worker="w", lease_s=10) is not None
+
+    assert runs.finish_attempt(conn, first, "late") is None
+    assert runs.get_run(conn, "alpha", run.id).status is RunStatus.RUNNING
+
+
+def test_cancel_waiting_run_at_once_and_terminal_conflicts(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    cancelled = runs.request_cancel(conn, "alpha", run.id, "user asked")
+
+    assert cancelled.status is RunStatus.CANCELLED
+    assert runs.list_events(conn, run.id)[-1].data == {"reason": "user asked"}
+    with pytest.raises(runs.RunConflict):
+        runs.request_cancel(conn, "alpha", run.id)
+
+
+def test_cancel_of_a_running_attempt_waits_for_the_worker(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    attempt = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    assert attempt is not None
+
+    still_running = runs.request_cancel(conn, "alpha", run.id)
+    assert still_running.status is RunStatus.RUNNING
+    assert runs.renew_leases(conn, [run.id], worker="w", lease_s=10) == {run.id: True}
+    assert runs.finish_attempt(conn, attempt, "done anyway") is None
+    ended = runs.cancel_running(conn, attempt)
+    assert ended is not None and ended.status is RunStatus.CANCELLED
+
+
+def test_other_tenants_runs_do_not_exist(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    with pytest.raises(runs.RunNotFound):
+        runs.get_run(conn, "beta", run.id)
+    with pytest.raises(runs.RunNotFound):
+        runs.request_cancel(conn, "beta", run.id)
+    with pytest.raises(runs.RunNotFound):
+        runs.get_run(conn, "alpha", "not-a-uuid")
+
+
+def test_manual_retry_only_from_failed_or_cancelled(conn: psycopg.Connection[Any]) -> None:
+    run, _ = runs.create_run(conn, new_run(max_attempts=1))
+    with pytest.raises(runs.RunConflict):
+        runs.retry_run(conn, "alpha", run.id)
+    attempt = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    assert attempt is not None
+    runs.fail_attempt(conn, attempt, {"type": "E", "message": "boom"})
+
+    again = runs.retry_run(conn, "alpha", run.id)
+    assert again.status is RunStatus.QUEUED and again.attempt == 0 and again.error is None
+
+
+def test_delayed_runs_are_promoted_only_when_due(conn: psycopg.Connection[Any]) -> None:
+    later, _ = runs.create_run(conn, new_run(delayed=True, scheduled_for=_in(3600)))
+    due, _ = runs.create_run(conn, new_run(delayed=True, scheduled_for=_in(-1)))
+
+    promoted = runs.promote_due(conn)
+    assert [r.id for r in promoted] == [due.id]
+    assert runs.get_run(conn, "alpha", later.id).status is RunStatus.DELAYED
+    assert event_types(conn, due.id) == ["run.delayed", "run.queued"]
+
+
+def test_first_stall_requeues_without_spending_an_attempt_second_fails(
+    conn: psycopg.Connection[Any],
+) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    assert runs.claim_attempt(conn, run.id, worker="w", lease_s=0) is not None
+
+    [requeued] = runs.recover_stalled(conn)
+    assert requeued.status is RunStatus.QUEUED and requeued.attempt == 0
+    assert runs.claim_attempt(conn, run.id, worker="w", lease_s=0) is not None
+    [failed] = runs.recover_stalled(conn)
+
+    assert failed.status is RunStatus.FAILED and failed.error == {
+        "type": "Stalled",
+        "message": "the attempt's worker stopped responding",
+    }
+    assert event_types(conn, run.id) == [
+        "run.queued",
+        "run.started",
+        "run.stalled",
+        "run.started",
+        "run.stalled",
+        "run.failed",
+    ]
+
+
+def _in(seconds: float) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(seconds=seconds)
