@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue
 
 from app.domain import Run
@@ -18,14 +19,20 @@ from app.redis_keys import Keys
 JOB_FUNC = "workers.execute.perform"
 
 
-def enqueue(redis: Redis, keys: Keys, runs: Iterable[Run]) -> int:
-    """Push the runs onto their queue's priority list, in one pipeline. Returns how many."""
+def enqueue(
+    redis: Redis, keys: Keys, runs: Iterable[Run], *, pipeline: Pipeline | None = None
+) -> int:
+    """Push the runs onto their queue's priority list, in one pipeline. Returns how many.
+
+    Given a `pipeline`, the commands are only added to it: the caller executes it together with
+    its own (the web's submit path stores the idempotent response in the same round trip).
+    """
     by_queue: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_queue[keys.rq_queue(run.queue, run.priority)].append(run)
     if not by_queue:
         return 0
-    pipe = redis.pipeline(transaction=False)
+    pipe = pipeline if pipeline is not None else redis.pipeline(transaction=False)
     for name, batch in by_queue.items():
         queue = Queue(name, connection=redis)
         queue.enqueue_many(
@@ -43,5 +50,6 @@ def enqueue(redis: Redis, keys: Keys, runs: Iterable[Run]) -> int:
             ],
             pipeline=pipe,
         )
-    pipe.execute()
+    if pipeline is None:
+        pipe.execute()
     return sum(len(batch) for batch in by_queue.values())
