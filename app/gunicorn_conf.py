@@ -1,0 +1,58 @@
+"""Gunicorn settings for the Procfile `web` line: threads for websocket tails, one /metrics view
+aggregated over every worker process.
+
+Gunicorn reads this module's globals, so they are computed when it is loaded (its entry point).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from app.config import ConfigError, Settings
+
+_settings = Settings.from_env()
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+bind = f"{os.environ.get('RUNLANE_BIND_HOST') or '127.0.0.1'}:{_settings.port}"
+# gthread: a websocket tail holds a thread for its whole life, so each process needs many.
+worker_class = "gthread"
+workers = _int_env("WEB_CONCURRENCY", 2)
+threads = _int_env("RUNLANE_WEB_THREADS", 64)
+# Below honcho's 5 s kill wait, so `runlane dev` sees a clean exit.
+graceful_timeout = 4
+keepalive = 5
+accesslog = "-" if os.environ.get("RUNLANE_ACCESS_LOG") else None
+errorlog = "-"
+proc_name = "runlane-web"
+
+
+def on_starting(server: Any) -> None:
+    """Give prometheus_client a fresh folder before any worker imports it (they inherit env)."""
+    folder = _settings.home / "metrics" / f"web-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
