@@ -1,0 +1,204 @@
+"""The outbox relay against real Postgres and Redis: batches, idempotency, order, one active relay,
+and Redis losing its data."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from redis import Redis
+
+from app import db, runs
+from app.config import Settings
+from app.redis_keys import Keys
+from tests.helpers import wait_for
+from tests.tails import emit_progress, outbox_flushed, started_run, stream_seqs, wait_flushed
+from workers import relay as relay_mod
+from workers.relay import Relay, mark_published, publish, take_batch
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with db.connect(database_url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+def make_relay(settings: Settings, redis: Redis, keys: Keys, **kwargs: Any) -> Relay:
+    assert settings.database_url
+    return Relay(settings.database_url, redis, keys, 3600, **kwargs)
+
+
+def tseqs(conn: psycopg.Connection[Any], tenant: str) -> list[int]:
+    rows = conn.execute(
+        "SELECT tseq FROM run_events WHERE tenant = %s ORDER BY tseq", (tenant,)
+    ).fetchall()
+    return [row["tseq"] for row in rows]
+
+
+def test_a_batch_goes_to_run_and_tenant_streams(conn, redis, keys, settings) -> None:
+    a1, a2 = started_run(conn, "alpha"), started_run(conn, "alpha")
+    b1 = started_run(conn, "beta", queue="other")
+    emit_progress(conn, a1, 3)
+    emit_progress(conn, b1, 2)
+
+    published = make_relay(settings, redis, keys).publish_batch(conn)
+
+    assert published == 5 + 2 + 4
+    assert stream_seqs(redis, keys.run_stream(a1.id)) == [1, 2, 3, 4, 5]
+    assert stream_seqs(redis, keys.run_stream(a2.id)) == [1, 2]
+    assert stream_seqs(redis, keys.tenant_stream("alpha")) == list(range(1, 8))
+    assert stream_seqs(redis, keys.tenant_stream("beta")) == [1, 2, 3, 4]
+    assert tseqs(conn, "alpha") == list(range(1, 8))
+    _, fields = redis.xrange(keys.tenant_stream("beta"))[-1]
+    assert fields[b"queue"] == b"other" and fields[b"type"] == b"run.progress"
+    assert conn.execute("SELECT count(*) AS n FROM run_events WHERE NOT published").fetchone()[
+        "n"
+    ] == 0
+
+
+def test_small_batches_keep_tseq_contiguous(conn, redis, keys, settings) -> None:
+    run = started_run(conn)
+    emit_progress(conn, run, 10)
+    relay = make_relay(settings, redis, keys, batch_limit=3)
+    while relay.publish_batch(conn):
+        pass
+    assert stream_seqs(redis, keys.run_stream(run.id)) == list(range(1, 13))
+    assert stream_seqs(redis, keys.tenant_stream("alpha")) == list(range(1, 13))
+
+
+def test_a_crash_between_xadd_and_marking_publishes_nothing_twice(conn, redis, keys, settings):
+    run = started_run(conn)
+    emit_progress(conn, run, 4)
+    ids, events = take_batch(conn)
+    publish(redis, keys, events, 3600)  # ... and the relay dies before mark_published
+    emit_progress(conn, run, 2)
+
+    relay = make_relay(settings, redis, keys)
+    assert relay.publish_batch(conn) == len(ids) + 2
+
+    assert stream_seqs(redis, keys.run_stream(run.id)) == list(range(1, 9))
+    assert stream_seqs(redis, keys.tenant_stream("alpha")) == list(range(1, 9))
+    assert tseqs(conn, "alpha") == list(range(1, 9))  # numbers given once are kept
+
+
+def test_other_redis_errors_leave_rows_unpublished(conn, redis, keys, settings) -> None:
+    run = started_run(conn)
+    redis.set(keys.run_stream(run.id), "not a stream")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        make_relay(settings, redis, keys).publish_batch(conn)
+    pending = conn.execute("SELECT count(*) AS n FROM run_events WHERE NOT published").fetchone()
+    assert pending["n"] == 2
+
+
+def test_terminal_event_sets_the_stream_retention(conn, redis, keys, settings) -> None:
+    run = started_run(conn)
+    make_relay(settings, redis, keys).publish_batch(conn)
+    assert redis.ttl(keys.run_stream(run.id)) == -1
+    runs.finish_attempt(conn, run, {"ok": True})
+    make_relay(settings, redis, keys).publish_batch(conn)
+    assert 3500 < redis.ttl(keys.run_stream(run.id)) <= 3600
+
+
+def test_per_run_order_holds_with_concurrent_commits(database_url, conn, redis, keys, settings):
+    """Writers commit concurrently (ids interleave across runs) while the relay publishes."""
+    targets = [started_run(conn, tenant) for tenant in ("alpha", "alpha", "beta", "beta")]
+    stop = threading.Event()
+    relay = make_relay(settings, redis, keys, batch_limit=50)
+    relay_thread = threading.Thread(target=relay.run, args=(stop,))
+    relay_thread.start()
+
+    def write(run: runs.Run) -> None:
+        with db.connect(database_url) as own:
+            emit_progress(own, run, 150)
+            runs.finish_attempt(own, run, None)
+
+    writers = [threading.Thread(target=write, args=(run,)) for run in targets * 2]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    try:
+        for run in targets:
+            wait_flushed(conn, redis, keys, run.id, timeout=20)
+    finally:
+        stop.set()
+        relay_thread.join(10)
+    for run in targets:
+        last = runs.load_run(conn, run.id).last_seq  # type: ignore[union-attr]
+        assert stream_seqs(redis, keys.run_stream(run.id)) == list(range(1, last + 1))
+    for tenant in ("alpha", "beta"):
+        expected = list(range(1, len(tseqs(conn, tenant)) + 1))
+        assert stream_seqs(redis, keys.tenant_stream(tenant)) == expected == tseqs(conn, tenant)
+
+
+def test_two_relays_one_publishes_and_the_other_takes_over(conn, redis, keys, settings) -> None:
+    first, second = make_relay(settings, redis, keys), make_relay(settings, redis, keys)
+    stops = [threading.Event(), threading.Event()]
+    threads = [
+        threading.Thread(target=r.run, args=(s,)) for r, s in zip((first, second), stops, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: first.active.is_set() or second.active.is_set(), 5, message="a relay")
+        wait_for(lambda: not (first.active.is_set() and second.active.is_set()), 2)
+        active = 0 if first.active.is_set() else 1
+        standby = (first, second)[1 - active]
+        run = started_run(conn)
+        wait_flushed(conn, redis, keys, run.id)
+        assert not standby.active.is_set()
+
+        stops[active].set()  # the active relay goes away: its session, and so its lock, ends
+        threads[active].join(10)
+        wait_for(standby.active.is_set, 5, message="the standby to take over")
+        emit_progress(conn, run, 3)
+        wait_flushed(conn, redis, keys, run.id)
+        assert stream_seqs(redis, keys.run_stream(run.id)) == [1, 2, 3, 4, 5]
+    finally:
+        for stop in stops:
+            stop.set()
+        for thread in threads:
+            thread.join(10)
+
+
+def test_redis_emptied_streams_are_rebuilt(conn, redis, keys, settings) -> None:
+    live, ended = started_run(conn), started_run(conn, "beta")
+    emit_progress(conn, live, 2)
+    runs.finish_attempt(conn, ended, None)
+    relay = make_relay(settings, redis, keys)
+    relay.ensure_epoch(conn)
+    relay.publish_batch(conn)
+    assert redis.exists(keys.epoch)
+
+    # Redis restarts empty (only this test's keys: the Redis is shared)
+    redis.delete(*redis.keys(f"{keys.prefix}:*"))
+    relay.ensure_epoch(conn)
+
+    assert redis.exists(keys.epoch)
+    assert stream_seqs(redis, keys.run_stream(live.id)) == [1, 2, 3, 4]
+    assert stream_seqs(redis, keys.run_stream(ended.id)) == [1, 2, 3]
+    assert stream_seqs(redis, keys.tenant_stream("alpha")) == [1, 2, 3, 4]
+    emit_progress(conn, live, 1)
+    relay.publish_batch(conn)
+    assert outbox_flushed(conn, redis, keys, live.id)
+    assert stream_seqs(redis, keys.run_stream(live.id)) == [1, 2, 3, 4, 5]
+
+
+def test_main_exits_on_sigterm_semantics(settings, redis, keys) -> None:
+    """run() returns promptly once asked to stop, even while waiting for notifications."""
+    stop = threading.Event()
+    relay = make_relay(settings, redis, keys)
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    wait_for(relay.active.is_set, 5)
+    stop.set()
+    thread.join(relay_mod.POLL_SECONDS + 2)
+    assert not thread.is_alive()

@@ -1,0 +1,132 @@
+"""Test helpers for the relay and the tails: making runs emit events, waiting until a run's outbox
+reached its stream, and websocket tails that collect what they receive until the terminal event."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import psycopg
+from redis import Redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from app import runs
+from app.domain import Run
+from app.redis_keys import Keys, stream_number
+from tests.helpers import wait_for
+
+TERMINAL = {"run.succeeded", "run.failed", "run.cancelled"}
+
+
+def started_run(conn: psycopg.Connection[Any], tenant: str = "alpha", queue: str = "default") -> Run:
+    """A run created and claimed by a fake worker, ready to emit progress (seq 1 and 2 so far)."""
+    new = runs.NewRun(
+        tenant=tenant, task="demo.progress", queue=queue, input={}, priority=5, max_attempts=1,
+        backoff=None, timeout_s=None, metadata={}, scheduled_for=None,
+    )
+    run, _ = runs.create_run(conn, new)
+    claimed = runs.claim_attempt(conn, run.id, worker="test", lease_s=60)
+    assert claimed is not None
+    return claimed
+
+
+def emit_progress(conn: psycopg.Connection[Any], run: Run, steps: int) -> None:
+    for i in range(1, steps + 1):
+        runs.record_progress(conn, run, round(100 * i / steps), f"step {i}/{steps}")
+
+
+def outbox_flushed(conn: psycopg.Connection[Any], redis: Redis, keys: Keys, run_id: str) -> bool:
+    """Every event of the run is marked published and its stream's top is the run's last seq."""
+    row = conn.execute(
+        "SELECT r.last_seq, (SELECT count(*) FROM run_events e"
+        " WHERE e.run_id = r.id AND NOT e.published) AS pending FROM runs r WHERE r.id = %s",
+        (run_id,),
+    ).fetchone()
+    if row is None or row["pending"]:
+        return False
+    top = redis.xrevrange(keys.run_stream(run_id), count=1)
+    return bool(top) and stream_number(top[0][0]) == row["last_seq"]
+
+
+def wait_flushed(
+    conn: psycopg.Connection[Any], redis: Redis, keys: Keys, run_id: str, timeout: float = 10
+) -> None:
+    wait_for(lambda: outbox_flushed(conn, redis, keys, run_id), timeout,
+             message=f"the outbox of run {run_id} to reach its stream")
+
+
+def stream_seqs(redis: Redis, key: str) -> list[int]:
+    return [stream_number(entry_id) for entry_id, _ in redis.xrange(key)]
+
+
+class Tail:
+    """A websocket tail of one run in a thread, reconnecting with after=<last seq> when asked."""
+
+    def __init__(self, base: str, run_id: str, token: str = "tok-alpha", after: int = 0) -> None:
+        self.url = base.replace("http://", "ws://") + f"/v1/runs/{run_id}/tail"
+        self.token = token
+        self.after = after
+        self.events: list[dict[str, Any]] = []
+        self.close_codes: list[int | None] = []
+        self.errors: list[BaseException] = []
+        self.done = threading.Event()
+        self._drop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Tail:
+        self._thread.start()
+        return self
+
+    def drop_connection(self) -> None:
+        """Close the socket from the client side; the tail reconnects with after=<last seq>."""
+        self._drop.set()
+
+    def _run(self) -> None:
+        try:
+            while not self.done.is_set():
+                self._connect_once()
+        except BaseException as exc:  # surfaced by wait_terminal
+            self.errors.append(exc)
+            self.done.set()
+
+    def _connect_once(self) -> None:
+        last = self.events[-1]["seq"] if self.events else self.after
+        query = urlencode({"after": last, "token": self.token})
+        with connect(f"{self.url}?{query}", open_timeout=10) as ws:
+            while True:
+                if self._drop.is_set():
+                    self._drop.clear()
+                    return
+                try:
+                    message = ws.recv(timeout=0.2)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed:
+                    self.close_codes.append(ws.close_code)
+                    if self.events and self.events[-1]["type"] in TERMINAL:
+                        self.done.set()
+                    return
+                self.events.append(json.loads(message))
+
+    def wait_terminal(self, timeout: float = 30) -> list[dict[str, Any]]:
+        """Wait until the tail saw the terminal event and the server closed; its events."""
+        wait_for(self.done.is_set, timeout, interval=0.05, message="a tail to see the terminal event")
+        if self.errors:
+            raise self.errors[0]
+        return self.events
+
+
+def assert_complete(events: list[dict[str, Any]], after: int = 0) -> None:
+    """Ordered, gapless, duplicate-free, ending with one terminal event."""
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(after + 1, after + 1 + len(seqs))), seqs
+    assert events and events[-1]["type"] in TERMINAL
+    assert sum(e["type"] in TERMINAL for e in events) == 1
+
+
+def deadline(seconds: float) -> float:
+    return time.monotonic() + seconds
