@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,8 @@ class _Signals:
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.embedded import EmbeddedServers
 
+    # pgserver's lock folder falls back to /tmp without XDG_RUNTIME_DIR, which is fine here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     settings = Settings.from_env()
     signals = _Signals()
     servers = EmbeddedServers(settings.home)

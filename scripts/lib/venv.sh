@@ -14,7 +14,8 @@ ensure_venv() {
   local stamp=.venv/.runlane-installed hash installed_hash installed_extras
   hash=$(.venv/bin/python -c \
     'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
-  read -r installed_hash installed_extras < "$stamp" 2>/dev/null || true
+  installed_hash="" installed_extras=""
+  [[ -f $stamp ]] && read -r installed_hash installed_extras < "$stamp"
   # An install with the test extra also serves scripts/run; a plain one does not serve tests.
   if [[ $installed_hash == "$hash" && ( -z $extras || $installed_extras == "$extras" ) ]]; then
     return
@@ -23,5 +24,5 @@ ensure_venv() {
   [[ -n $extras ]] && target=".[$extras]"
   echo "scripts: installing $target into .venv" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
-  echo "$hash ${extras:-${installed_extras:-}}" > "$stamp"
+  echo "$hash $extras" > "$stamp"
 }

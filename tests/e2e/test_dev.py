@@ -1,0 +1,115 @@
+"""`runlane dev` (what scripts/run starts) on a fresh folder with no REDIS_URL / DATABASE_URL:
+embedded servers, the whole stack, a run end to end, and nothing left behind after a stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from app.config import dev_token
+from app.embedded import free_port
+from tests.helpers import ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+RUNLANE = Path(sys.executable).parent / "runlane"
+
+
+def stack_processes(home: Path, port: int) -> list[psutil.Process]:
+    """Every live process that belongs to a dev stack on `home` / `port`, wherever it was
+    reparented to (Postgres daemonizes, so it is never a descendant of runlane dev)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            env = proc.environ()
+            mentions = str(home) in " ".join(proc.cmdline())
+            if mentions or env.get("RUNLANE_HOME") == str(home) or env.get("PORT") == str(port):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_dev_stack_runs_a_run_and_stops_without_leftovers(tmp_path: Path, stop: str) -> None:
+    home, port = tmp_path / "home", free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    env = {k: v for k, v in env.items() if not k.startswith("RUNLANE_")}
+    env.update(RUNLANE_HOME=str(home), PORT=str(port), PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "wb") as log:
+        # Its own session, so "Ctrl-C" can go to its whole process group as a terminal would.
+        dev = subprocess.Popen(
+            [RUNLANE, "dev"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: ready(base), 180, 0.2, "/readyz to answer 200")
+        stack = psutil.Process(dev.pid).children(recursive=True) + stack_processes(home, port)
+        token = dev_token(home)
+        assert token in log_path.read_text(), "the dev token is printed at start"
+
+        run = submit_echo(base, token, {"hello": ["world", 1]})
+        done = wait_for(lambda: finished(base, token, run["id"]), 60, 0.1, "the run to finish")
+        assert done["status"] == "succeeded", done
+        assert done["result"] == {"hello": ["world", 1]}
+
+        if stop == "sigterm":
+            dev.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(dev.pid, signal.SIGINT)
+        dev.wait(60)
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-20000:])
+        raise
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+
+    wait_for(lambda: not any(alive(p) for p in stack), 20, 0.1, "the stack's processes to exit")
+    leftovers = stack_processes(home, port)
+    assert leftovers == [], [p.cmdline() for p in leftovers]
+
+
+def ready(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def submit_echo(base: str, token: str, payload: object) -> dict:
+    response = requests.post(
+        f"{base}/v1/runs",
+        json={"task": "demo.echo", "input": payload},
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "dev-e2e-1"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def finished(base: str, token: str, run_id: str) -> dict | None:
+    response = requests.get(
+        f"{base}/v1/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    run = response.json()
+    return run if run["status"] in {"succeeded", "failed", "cancelled"} else None
