@@ -101,6 +101,11 @@ class _Signals:
         if self.pending is not None:
             raise Stopped(self.pending)
 
+    def ignore(self) -> None:
+        """For the final shutdown: a second Ctrl-C must not cut the servers' stop short."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.embedded import EmbeddedServers
@@ -128,6 +133,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except Stopped as stop:
         return stop.returncode
     finally:
+        signals.ignore()
         servers.stop()
 
 
