@@ -1,0 +1,88 @@
+"""Prometheus metrics of the web process, and their exposition.
+
+Under gunicorn several processes serve requests: with PROMETHEUS_MULTIPROC_DIR set (the gunicorn
+config sets it before workers start), each process writes its values to files there and /metrics
+adds them up across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The app's metric objects, made per app so that tests can build many apps."""
+
+    def __init__(self) -> None:
+        # In multiprocess mode values live in files, so they are registered nowhere; else each app
+        # has its own registry (the global one would refuse a second app's metrics).
+        self.registry = None if multiprocess_dir() else CollectorRegistry()
+        if self.registry is not None:
+            ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            "runlane_http_requests_total",
+            "HTTP requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "runlane_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.runs_created = Counter(
+            "runlane_runs_created_total",
+            "Runs created through the API, by queue.",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.idempotent_replays = Counter(
+            "runlane_idempotent_replays_total",
+            "Responses replayed for a repeated Idempotency-Key.",
+            registry=self.registry,
+        )
+
+    def init_app(self, app: Flask) -> None:
+        app.before_request(_start_timer)
+        app.after_request(self._observe)
+
+    def _observe(self, response: Response) -> Response:
+        started = g.get("started_at")
+        # Label by route template, never by raw path: ids would make label sets unbounded.
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        self.requests.labels(request.method, route, str(response.status_code)).inc()
+        if started is not None:
+            self.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    def exposition(self) -> Response:
+        if self.registry is None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _start_timer() -> None:
+    g.started_at = time.perf_counter()

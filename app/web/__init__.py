@@ -1,0 +1,105 @@
+"""The HTTP API: the application factory, and what every blueprint reaches through the app."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar, cast
+
+from flask import Flask, current_app, request
+from pydantic import BaseModel, ValidationError
+
+from app import errors, logs
+from app.config import Settings
+from app.errors import ApiError
+from app.idempotency import IdempotencyStore
+from app.metrics import Metrics
+from app.schemas import MAX_BODY_BYTES
+from app.services import Services
+
+WEB_POOL_SIZE = 40
+MAX_JSON_DEPTH = 200
+M = TypeVar("M", bound=BaseModel)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """The Flask app. Without arguments (gunicorn's `app.web:create_app()`) it is the entry
+    point: it reads the environment and configures logging."""
+    from app.web import ops, queues_api, runs_api, schedules_api, tails
+
+    if services is None:
+        if settings is None:
+            logs.configure()
+            settings = Settings.from_env()
+        services = Services.build(settings, pool_size=WEB_POOL_SIZE, name="runlane-web")
+    app = Flask("runlane")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["runlane"] = services
+    app.extensions["runlane.idempotency"] = IdempotencyStore(
+        services.redis, services.keys, services.settings.idempotency_ttl_seconds
+    )
+    metrics = Metrics()
+    app.extensions["runlane.metrics"] = metrics
+    metrics.init_app(app)
+    errors.register(app)
+    for blueprint in (runs_api.bp, queues_api.bp, schedules_api.bp, ops.bp, tails.bp):
+        app.register_blueprint(blueprint)
+    init_tails = getattr(tails, "init_app", None)
+    if init_tails is not None:
+        init_tails(app)
+    return app
+
+
+def services() -> Services:
+    return cast(Services, current_app.extensions["runlane"])
+
+
+def idempotency_store() -> IdempotencyStore:
+    return cast(IdempotencyStore, current_app.extensions["runlane.idempotency"])
+
+
+def metrics() -> Metrics:
+    return cast(Metrics, current_app.extensions["runlane.metrics"])
+
+
+def read_json() -> Any:
+    """The request body as JSON: 413 past MAX_CONTENT_LENGTH (chunked bodies too), 400 if it is
+    not JSON, 422 if it nests deeper than anything sane (it would only strain Postgres)."""
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "the request body is not valid JSON", slug="not-json") from exc
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(
+            422,
+            f"the body nests more than {MAX_JSON_DEPTH} levels deep",
+            slug="validation",
+            errors=[{"field": "body", "message": "nested too deeply"}],
+        )
+    return body
+
+
+def validate(model: type[M], data: Any, *, status: int = 422, **context: Any) -> M:
+    """`data` validated by `model`; `status` (422 for bodies, 400 for query strings) otherwise."""
+    try:
+        return model.model_validate(data, context=context or None)
+    except ValidationError as exc:
+        raise errors.invalid(exc, status) from exc
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:
+            stack.extend((child, depth + 1) for child in item)
+    return deepest

@@ -1,0 +1,77 @@
+"""Schedules: create or replace, list, delete. The scheduler process fires them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+from flask import Blueprint, Response
+
+from app.auth import require_tenant, tenant
+from app.db import jsonb, q
+from app.domain import rfc3339
+from app.errors import ApiError
+from app.schemas import ScheduleCreate
+from app.web import read_json, services, validate
+
+bp = Blueprint("schedules", __name__, url_prefix="/v1")
+bp.before_request(require_tenant)
+
+
+@bp.post("/schedules")
+def put_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """201 when the name is new, 200 when it replaced the schedule of that name."""
+    spec = validate(ScheduleCreate, read_json(), registry=services().registry)
+    params = {
+        "tenant": tenant(),
+        "name": spec.name,
+        "task": spec.task,
+        "input": jsonb(spec.input),
+        "queue": spec.queue,
+        "cron": spec.cron,
+        "every_s": spec.every_s,
+        "next_fire_at": first_fire_at(spec, datetime.now(UTC)),
+    }
+    with services().pool.connection() as conn:
+        row = conn.execute(q("upsert_schedule"), params).fetchone()
+    assert row is not None  # an upsert always returns its row
+    status = 201 if row["inserted"] else 200
+    return _schedule(row), status, {"Location": f"/v1/schedules/{spec.name}"}
+
+
+@bp.get("/schedules")
+def list_schedules() -> dict[str, Any]:
+    with services().pool.connection() as conn:
+        rows = conn.execute(q("list_schedules"), {"tenant": tenant()}).fetchall()
+    return {"items": [_schedule(row) for row in rows]}
+
+
+@bp.delete("/schedules/<name>")
+def delete_schedule(name: str) -> Response:
+    with services().pool.connection() as conn:
+        row = conn.execute(q("delete_schedule"), {"tenant": tenant(), "name": name}).fetchone()
+    if row is None:
+        raise ApiError(404, f"no schedule named {name!r}", slug="schedule-not-found")
+    return Response(status=204)
+
+
+def first_fire_at(spec: ScheduleCreate, now: datetime) -> datetime:
+    """The first firing: the next cron match after now, or one interval from now."""
+    if spec.cron is not None:
+        return croniter(spec.cron, now).get_next(datetime)  # type: ignore[no-any-return]
+    assert spec.every_s is not None  # the schema requires exactly one of the two
+    return now + timedelta(seconds=spec.every_s)
+
+
+def _schedule(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "task": row["task"],
+        "input": row["input"],
+        "queue": row["queue"],
+        "cron": row["cron"],
+        "every_s": row["every_s"],
+        "next_fire_at": rfc3339(row["next_fire_at"]),
+        "created_at": rfc3339(row["created_at"]),
+    }
