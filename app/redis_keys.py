@@ -39,6 +39,11 @@ class Keys:
         """A stream a web process's stream reader also blocks on, so new tails wake it at once."""
         return f"{self.prefix}:wake:{listener}"
 
+    @property
+    def dispatch_sentinel(self) -> str:
+        """Set by the scheduler; its absence means Redis lost its queues: re-dispatch them all."""
+        return f"{self.prefix}:dispatch:sentinel"
+
     def rq_queue(self, queue: str, priority: int) -> str:
         """The RQ queue name for one runlane queue at one priority: workers pop p1 before p2."""
         return f"{self.prefix}.{queue}.p{priority}"
@@ -55,6 +60,40 @@ def stream_id(n: int) -> str:
 def stream_number(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-", 1)[0])
+
+
+# KEYS[1..n] = the run stream of each event, KEYS[n+1..] = the tenant streams
+# ARGV[1] = n, ARGV[2] = run stream MAXLEN, ARGV[3] = tenant stream MAXLEN, then two values per
+# event: a header "seq tseq tenant-key-index type queue" (queue last: it may hold spaces) and the
+# event JSON. Events come in tseq order per tenant, which is also seq order per run.
+# Appends each event to its run stream (id seq-0) and tenant stream (id tseq-0, if tseq > 0),
+# MAXLEN ~. An id not above the stream's top is already there (a relay repeating a batch it had
+# no time to mark as published): skipped, not an error. Packed this way because encoding the
+# arguments is what the relay spends most of its time on. Returns how many entries were new.
+PUBLISH_EVENTS = """
+local n = tonumber(ARGV[1])
+local added = 0
+local function append(key, maxlen, id, event, etype, queue)
+  local reply = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id .. '-0',
+    'event', event, 'type', etype, 'queue', queue)
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'equal or smaller', 1, true) then
+      error(reply.err)
+    end
+    return 0
+  end
+  return 1
+end
+for i = 1, n do
+  local seq, tseq, t, etype, queue = string.match(ARGV[2 + 2 * i], '^(%d+) (%d+) (%d+) (%S+) (.*)$')
+  local event = ARGV[3 + 2 * i]
+  added = added + append(KEYS[i], ARGV[2], seq, event, etype, queue)
+  if tseq ~= '0' then
+    added = added + append(KEYS[n + tonumber(t)], ARGV[3], tseq, event, etype, queue)
+  end
+end
+return added
+"""
 
 
 # KEYS[1] = idempotency key
@@ -90,4 +129,25 @@ if state[1] == 'inflight' and state[2] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+
+# KEYS = a worker's RQ queue lists ("rq:queue:..."), in priority order
+# ARGV[1] = how many run ids to pop at most, ARGV[2] = RQ's job hash prefix ("rq:job:"),
+# ARGV[3..] = ids the worker already popped (BLPOP) whose job hashes are to go too
+# Pops up to ARGV[1] ids, strictly by priority and FIFO within one, deleting their RQ job hashes:
+# a runlane worker needs only the id (= run id), and Postgres fences duplicate deliveries.
+POP_RUN_IDS = """
+local want = tonumber(ARGV[1])
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+for _, key in ipairs(KEYS) do
+  if #ids >= want then break end
+  local got = redis.call('LPOP', key, want - #ids)
+  if got then
+    for _, id in ipairs(got) do ids[#ids + 1] = id end
+  end
+end
+for _, id in ipairs(ids) do redis.call('DEL', ARGV[2] .. id) end
+return ids
 """

@@ -256,6 +256,64 @@ def mark_dispatched(conn: Conn, run_ids: list[str]) -> None:
     conn.execute(q("mark_dispatched"), {"ids": [_uuid(r) for r in run_ids]})
 
 
+def release_attempt(conn: Conn, run: Run) -> Run | None:
+    """Hand back a claimed attempt that never started (its worker is stopping)."""
+    return _one(conn, release_change(run))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change of this module (a runs.sql query and its parameters), for group_commit."""
+
+    query: str
+    params: dict[str, Any]
+
+
+def claim_change(run_id: str, *, worker: str, lease_s: float) -> Change:
+    return Change("claim_attempt", {"id": _uuid(run_id), "worker": worker, "lease_s": lease_s})
+
+
+def finish_change(run: Run, result: Any) -> Change:
+    return Change("finish_attempt", {**_attempt(run), "result": jsonb(result)})
+
+
+def retry_change(run: Run, error: dict[str, str], delay_ms: int) -> Change:
+    return Change("retry_attempt", {**_attempt(run), "error": jsonb(error), "delay_ms": delay_ms})
+
+
+def fail_change(run: Run, error: dict[str, str]) -> Change:
+    return Change("fail_attempt", {**_attempt(run), "error": jsonb(error)})
+
+
+def cancel_change(run: Run) -> Change:
+    return Change("cancel_running", _attempt(run))
+
+
+def release_change(run: Run) -> Change:
+    return Change("release_attempt", _attempt(run))
+
+
+def group_commit(conn: Conn, changes: list[Change]) -> list[Run | None]:
+    """Several state changes in one transaction and one round trip (group commit).
+
+    Each keeps its guard and its event; a worker uses this to pay one WAL flush for a batch.
+    """
+    if not changes:
+        return []
+    with conn.pipeline(), conn.transaction():
+        cursors = [conn.execute(q(change.query), change.params) for change in changes]
+    return [Run.from_row(row) if (row := cur.fetchone()) else None for cur in cursors]
+
+
+def _one(conn: Conn, change: Change) -> Run | None:
+    row = conn.execute(q(change.query), change.params).fetchone()
+    return Run.from_row(row) if row else None
+
+
+def _attempt(run: Run) -> dict[str, Any]:
+    return {"id": _uuid(run.id), "attempt": run.attempt}
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))

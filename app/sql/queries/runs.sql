@@ -53,7 +53,7 @@ LIMIT %(limit)s;
 -- name: claim_attempt
 -- Fencing: only a queued, unpaused, uncancelled run starts; a duplicate delivery updates nothing.
 WITH r AS (
-    UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = now(),
+    UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = clock_timestamp(),
                     worker = %(worker)s, last_seq = last_seq + 1,
                     lease_expires_at = now() + make_interval(secs => %(lease_s)s)
     WHERE id = %(id)s AND status = 'queued' AND cancel_requested_at IS NULL
@@ -64,6 +64,23 @@ WITH r AS (
     INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
     SELECT id, last_seq, 'run.started',
            jsonb_build_object('attempt', attempt, 'worker', worker), tenant, queue
+    FROM r
+)
+SELECT * FROM r;
+
+-- name: release_attempt
+-- A claimed attempt handed back unstarted (worker shutting down): queued again, no attempt spent.
+WITH r AS (
+    UPDATE runs SET status = 'queued', attempt = attempt - 1, worker = NULL,
+                    started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END,
+                    lease_expires_at = NULL, dispatched_at = now(), last_seq = last_seq + 1
+    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+      AND cancel_requested_at IS NULL
+    RETURNING *
+), e AS (
+    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
+    SELECT id, last_seq, 'run.queued', jsonb_build_object('queue', queue, 'priority', priority),
+           tenant, queue
     FROM r
 )
 SELECT * FROM r;

@@ -1,0 +1,196 @@
+"""Attempts: claimed in Postgres (fencing), the task called, the outcome recorded.
+
+The worker claims a batch of runs and records a batch of outcomes in one transaction (group
+commit: one WAL flush for many state changes), each change still guarded and with its event.
+`perform` is the RQ job function, for the rare job a stock RQ worker picks up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from app import dispatch, runs
+from app.config import Settings
+from app.domain import Run, RunStatus
+from app.runs import Change
+from app.services import Services
+from app.tasks import TaskDef, Unrecoverable
+from workers import backoff
+from workers.context import (
+    Attempt,
+    AttemptCancelled,
+    AttemptContext,
+    AttemptTimedOut,
+    WorkerShutdown,
+)
+
+log = logging.getLogger("runlane.execute")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the state change that records it."""
+
+    run: Run
+    change: Change
+
+
+class Executor:
+    """Runs attempts in the calling (main) thread, on one persistent Postgres connection."""
+
+    def __init__(self, services: Services, worker: str) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.worker = worker
+        self.conn = services.pool.getconn()
+        self.current: Attempt | None = None
+        # claimed, not yet recorded: the monitor renews their leases and watches for cancels
+        self.in_hand: dict[str, Attempt] = {}
+        # set by a worker that installed the stop-signal handlers (see workers.worker)
+        self.signals = False
+
+    def close(self) -> None:
+        self.services.pool.putconn(self.conn)
+
+    def commit(self, outcomes: list[Outcome], claim_ids: list[str]) -> list[Attempt]:
+        """Record outcomes and claim the next runs, in one transaction; the attempts claimed."""
+        lease = self.settings.lease_seconds
+        changes = [o.change for o in outcomes]
+        changes += [runs.claim_change(i, worker=self.worker, lease_s=lease) for i in claim_ids]
+        done = self._group_commit(changes)
+        self._after(outcomes, done[: len(outcomes)])
+        claimed = [Attempt(run) for run in done[len(outcomes) :] if run is not None]
+        for attempt in claimed:
+            self.in_hand[attempt.run.id] = attempt
+        return claimed
+
+    def run(self, attempt: Attempt) -> Outcome:
+        """Call the task for a claimed attempt; never raises for what the task does."""
+        run = attempt.run
+        task = self.services.registry.get(run.task)
+        if task is None:
+            error = {"type": "UnknownTask", "message": f"no task {run.task!r} in this worker"}
+            return Outcome(run, runs.fail_change(run, error))
+        if attempt.cancel.is_set():
+            return Outcome(run, runs.cancel_change(run))
+        self.current = attempt
+        try:
+            return self._call(attempt, task)
+        finally:
+            self.current = None
+
+    def release(self, attempt: Attempt) -> Outcome:
+        return Outcome(attempt.run, runs.release_change(attempt.run))
+
+    def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
+        """A task's progress or log line, committed with its event at once; True if cancelled."""
+        if kind == "progress":
+            return runs.record_progress(self.conn, run, data["percent"], data["message"])
+        return runs.record_log(self.conn, run, data["message"], data["level"])
+
+    def _call(self, attempt: Attempt, task: TaskDef) -> Outcome:
+        run = attempt.run
+        timeout = run.timeout_s or task.timeout_s
+        ctx = AttemptContext(attempt, self.report)
+        try:
+            with attempt.running_task(), self._timer(timeout):
+                result = task.fn(ctx, run.input)
+            json.dumps(result)  # a result Postgres cannot store fails the attempt here
+        except AttemptTimedOut:
+            message = f"attempt {run.attempt} ran longer than timeout_s={timeout}"
+            return self._failed(run, task, {"type": "Timeout", "message": message})
+        except AttemptCancelled:
+            return Outcome(run, runs.cancel_change(run))
+        except WorkerShutdown:
+            return self.release(attempt)
+        except Unrecoverable as exc:
+            return Outcome(run, runs.fail_change(run, error_of(exc)))
+        except Exception as exc:
+            log.info("attempt.error", extra={"run_id": run.id, "error": error_of(exc)})
+            return self._failed(run, task, error_of(exc))
+        return Outcome(run, runs.finish_change(run, result))
+
+    def _failed(self, run: Run, task: TaskDef, error: dict[str, str]) -> Outcome:
+        if run.attempt >= run.max_attempts:
+            return Outcome(run, runs.fail_change(run, error))
+        policy = run.backoff if run.backoff is not None else task.backoff
+        return Outcome(run, runs.retry_change(run, error, backoff.delay_ms(policy, run.attempt)))
+
+    def _timer(self, timeout: float | None) -> _Timer:
+        return _Timer(timeout if self.signals else None)
+
+    def _group_commit(self, changes: list[Change]) -> list[Run | None]:
+        try:
+            return runs.group_commit(self.conn, changes)
+        except psycopg.Error:
+            # One bad change must not sink the batch: apply them one by one, each on its own.
+            log.exception("execute.group_commit_failed")
+            self._reconnect_if_broken()
+            return [self._single(change) for change in changes]
+
+    def _single(self, change: Change) -> Run | None:
+        try:
+            return runs.group_commit(self.conn, [change])[0]
+        except psycopg.Error:
+            log.exception("execute.change_failed", extra={"change": change.query})
+            self._reconnect_if_broken()
+            return None
+
+    def _reconnect_if_broken(self) -> None:
+        if self.conn.closed or self.conn.broken:
+            self.services.pool.putconn(self.conn)
+            self.conn = self.services.pool.getconn()
+
+    def _after(self, outcomes: list[Outcome], done: list[Run | None]) -> None:
+        """Follow-ups: a change refused because cancel was requested meanwhile ends the run
+        cancelled; runs queued again (immediate retry, hand-back) go back to Redis."""
+        cancels: list[Change] = []
+        queued: list[Run] = []
+        for outcome, run in zip(outcomes, done, strict=True):
+            self.in_hand.pop(outcome.run.id, None)
+            if run is None and outcome.change.query != "cancel_running":
+                cancels.append(runs.cancel_change(outcome.run))
+            elif run is not None and run.status is RunStatus.QUEUED:
+                queued.append(run)
+        if cancels:
+            self._group_commit(cancels)
+        if queued:
+            dispatch.enqueue(self.services.redis, self.services.keys, queued)
+
+
+class _Timer:
+    """SIGALRM after `timeout` seconds (main thread only); the worker's handler stops the task."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def __enter__(self) -> None:
+        if self.timeout:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def error_of(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+_executor: Executor | None = None
+
+
+def perform(run_id: str) -> None:
+    """The RQ job function: one attempt of one run, for a worker that is not a RunlaneWorker."""
+    global _executor
+    if _executor is None:
+        _executor = Executor(Services.build(Settings.from_env(), pool_size=2), "rq-job")
+    executor = _executor
+    for attempt in executor.commit([], [run_id]):
+        executor.commit([executor.run(attempt)], [])

@@ -1,0 +1,99 @@
+"""The watchdog thread of a worker process: leases, cancel requests and hard stops.
+
+It keeps the Postgres leases of the attempts in hand alive (so a slow but alive attempt is never
+declared stalled), notices cancel requests (a cheap Redis EXISTS every 0.2 s for the attempt in
+flight; the lease renewal reports them too, so a lost Redis key still cancels), and stops an
+attempt hard when its cancel grace or the worker's shutdown grace is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from app import runs
+from app.services import Services
+from workers.context import Attempt, AttemptCancelled, WorkerShutdown
+from workers.execute import Executor
+
+log = logging.getLogger("runlane.monitor")
+
+TICK_S = 0.05
+CANCEL_POLL_S = 0.2
+STOP_SIGNAL = signal.SIGUSR2
+
+
+class Monitor(threading.Thread):
+    def __init__(
+        self, executor: Executor, services: Services, heartbeat: Callable[[], None]
+    ) -> None:
+        super().__init__(name="runlane-monitor", daemon=True)
+        self.executor = executor
+        self.services = services
+        self.heartbeat = heartbeat  # RQ's worker heartbeat, so `rq info` keeps seeing us
+        self.shutdown_deadline: float | None = None
+        self._halt = threading.Event()
+        self._next_cancel_poll = 0.0
+        self._next_lease = 0.0
+        self._next_heartbeat = 0.0
+        self._main = threading.main_thread().ident
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=2)
+
+    def run(self) -> None:
+        while not self._halt.wait(TICK_S):
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # a Redis or Postgres hiccup must not kill the watchdog
+                log.exception("monitor.tick_failed")
+                self._halt.wait(0.5)
+
+    def tick(self, now: float) -> None:
+        attempt = self.executor.current
+        if attempt is not None and now >= self._next_cancel_poll:
+            self._next_cancel_poll = now + CANCEL_POLL_S
+            self._poll_cancel(attempt)
+        settings = self.services.settings
+        if now >= self._next_lease:
+            self._next_lease = now + settings.heartbeat_seconds
+            self._renew_leases()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + 5.0
+            self.heartbeat()
+        if attempt is not None:
+            self._hard_stop(attempt, now)
+
+    def _poll_cancel(self, attempt: Attempt) -> None:
+        if attempt.cancel.is_set():
+            return
+        if self.services.redis.exists(self.services.keys.cancel(attempt.run.id)):
+            attempt.notice_cancel()
+
+    def _renew_leases(self) -> None:
+        in_hand = dict(self.executor.in_hand)
+        if not in_hand:
+            return
+        settings = self.services.settings
+        with self.services.pool.connection() as conn:
+            cancels = runs.renew_leases(
+                conn, list(in_hand), worker=self.executor.worker, lease_s=settings.lease_seconds
+            )
+        for run_id, cancel_requested in cancels.items():
+            if cancel_requested and run_id in in_hand:
+                in_hand[run_id].notice_cancel()
+
+    def _hard_stop(self, attempt: Attempt, now: float) -> None:
+        grace = self.services.settings.cancel_grace_seconds
+        noticed = attempt.cancel_noticed_at
+        if noticed is not None and now - noticed >= grace:
+            attempt.request_stop(AttemptCancelled)
+        if self.shutdown_deadline is not None and now >= self.shutdown_deadline:
+            attempt.request_stop(WorkerShutdown)
+        if attempt.stop is not None and self.executor.signals and self._main is not None:
+            # repeated each tick: a task that swallows the stop gets it again
+            signal.pthread_kill(self._main, STOP_SIGNAL)
