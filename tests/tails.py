@@ -22,11 +22,22 @@ from tests.helpers import wait_for
 TERMINAL = {"run.succeeded", "run.failed", "run.cancelled"}
 
 
-def started_run(conn: psycopg.Connection[Any], tenant: str = "alpha", queue: str = "default") -> Run:
+Conn = psycopg.Connection[Any]
+
+
+def started_run(conn: Conn, tenant: str = "alpha", queue: str = "default") -> Run:
     """A run created and claimed by a fake worker, ready to emit progress (seq 1 and 2 so far)."""
     new = runs.NewRun(
-        tenant=tenant, task="demo.progress", queue=queue, input={}, priority=5, max_attempts=1,
-        backoff=None, timeout_s=None, metadata={}, scheduled_for=None,
+        tenant=tenant,
+        task="demo.progress",
+        queue=queue,
+        input={},
+        priority=5,
+        max_attempts=1,
+        backoff=None,
+        timeout_s=None,
+        metadata={},
+        scheduled_for=None,
     )
     run, _ = runs.create_run(conn, new)
     claimed = runs.claim_attempt(conn, run.id, worker="test", lease_s=60)
@@ -55,8 +66,11 @@ def outbox_flushed(conn: psycopg.Connection[Any], redis: Redis, keys: Keys, run_
 def wait_flushed(
     conn: psycopg.Connection[Any], redis: Redis, keys: Keys, run_id: str, timeout: float = 10
 ) -> None:
-    wait_for(lambda: outbox_flushed(conn, redis, keys, run_id), timeout,
-             message=f"the outbox of run {run_id} to reach its stream")
+    wait_for(
+        lambda: outbox_flushed(conn, redis, keys, run_id),
+        timeout,
+        message=f"the outbox of run {run_id} to reach its stream",
+    )
 
 
 def stream_seqs(redis: Redis, key: str) -> list[int]:
@@ -114,7 +128,7 @@ class Tail:
 
     def wait_terminal(self, timeout: float = 30) -> list[dict[str, Any]]:
         """Wait until the tail saw the terminal event and the server closed; its events."""
-        wait_for(self.done.is_set, timeout, interval=0.05, message="a tail to see the terminal event")
+        wait_for(self.done.is_set, timeout, 0.05, message="a tail to see the terminal event")
         if self.errors:
             raise self.errors[0]
         return self.events

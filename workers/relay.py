@@ -7,21 +7,21 @@ so a relay that dies between XADD and marking the rows published repeats nothing
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 import uuid
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import psycopg
 from redis import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from app import db, logs
 from app.config import Settings
-from app.domain import Event
-from app.redis_keys import RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, Keys, stream_id
+from app.domain import TERMINAL_EVENTS
+from app.redis_keys import PUBLISH_EVENTS, RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, Keys
 
 log = logs.get("runlane.relay")
 
@@ -33,7 +33,6 @@ ERROR_BACKOFF_SECONDS = 1.0
 # After Redis lost its data, runs that ended this recently get their streams back too.
 REBUILD_RECENT_SECONDS = 3600
 REBUILD_PAGE = 5000
-_TOP_REFUSAL = "equal or smaller than the target stream top"
 
 Conn = psycopg.Connection[Any]
 
@@ -90,19 +89,26 @@ class Relay:
             conn.execute(db.q("relay_listen"))
             self.active.set()
             log.info("relay.active")
-            while not stop.is_set():
-                self.ensure_epoch(conn)
-                if self.publish_batch(conn) >= self.batch_limit:
-                    continue  # a backlog: keep going without waiting
-                # Wakes on the first notification (or those that came in during the batch).
-                for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
-                    pass
+            with Marker(self.database_url) as marker:
+                while not stop.is_set():
+                    self.ensure_epoch(conn)
+                    if self.publish_batch(conn, marker) >= self.batch_limit:
+                        continue  # a backlog: keep going without waiting
+                    # Wakes on the first notification (or those that came in during the batch).
+                    for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
+                        pass
 
-    def publish_batch(self, conn: Conn) -> int:
-        ids, events = take_batch(conn, self.batch_limit)
+    def publish_batch(self, conn: Conn, marker: Marker | None = None) -> int:
+        """Take, publish and mark one batch; with a marker, the marking overlaps the next batch."""
+        events = take_batch(conn, self.batch_limit, skip=marker.pending if marker else [])
         if events:
             publish(self.redis, self.keys, events, self.retention_s)
-            mark_published(conn, ids)
+        if marker is not None:
+            marker.wait()
+            if events:
+                marker.submit(events)
+        elif events:
+            mark_published(conn, events)
         return len(events)
 
     def ensure_epoch(self, conn: Conn) -> None:
@@ -118,59 +124,90 @@ def try_lock(conn: Conn) -> bool:
     return bool(conn.execute(db.q("relay_try_lock"), {"key": RELAY_LOCK}).fetchone()["locked"])
 
 
-def take_batch(conn: Conn, limit: int = BATCH_LIMIT) -> tuple[list[int], list[Event]]:
-    """The outbox ids and events of the oldest unpublished rows, each with its tseq."""
-    rows = conn.execute(db.q("relay_take_batch"), {"limit": limit}).fetchall()
-    return [row["id"] for row in rows], [Event.from_row(row) for row in rows]
+class Outgoing(NamedTuple):
+    """An outbox row on its way to Redis, its event already rendered as JSON."""
+
+    id: int
+    run_id: str
+    seq: int
+    type: str
+    tenant: str
+    queue: str
+    tseq: int
+    event: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Outgoing:
+        return cls(
+            row["id"], str(row["run_id"]), row["seq"], row["type"], row["tenant"], row["queue"],
+            row["tseq"] or 0, row["event"],
+        )  # fmt: skip
 
 
-def mark_published(conn: Conn, ids: list[int]) -> None:
-    conn.execute(db.q("relay_mark_published"), {"ids": ids})
+def take_batch(
+    conn: Conn, limit: int = BATCH_LIMIT, skip: list[int] | None = None
+) -> list[Outgoing]:
+    """The oldest unpublished events, each with its tseq, in one statement; `skip` holds the ids
+    of a batch already published whose marking is still under way."""
+    rows = conn.execute(db.q("relay_take_batch"), {"limit": limit, "skip": skip or []}).fetchall()
+    return [Outgoing.from_row(row) for row in rows]
 
 
-def entry_fields(event: Event) -> dict[str, Any]:
-    """A stream entry: the event as clients see it, plus what the tenant tail filters on."""
-    return {
-        "event": json.dumps(event.to_json()),
-        "type": event.type.value,
-        "queue": event.queue,
-        "tseq": event.tseq or 0,
-    }
+class Marker:
+    """Marks published batches on a connection and thread of its own, so that marking one batch
+    overlaps taking and publishing the next (ordering needs only the XADDs to be in sequence)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = db.connect(database_url)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="relay-marker")
+        self.pending: list[int] = []
+        self._future: Future[None] | None = None
+
+    def submit(self, events: list[Outgoing]) -> None:
+        self.pending = [e.id for e in events]
+        self._future = self.executor.submit(mark_published, self.conn, events)
+
+    def wait(self) -> None:
+        if self._future is not None:
+            future, self._future = self._future, None
+            future.result()
+        self.pending = []
+
+    def __enter__(self) -> Marker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self.executor.shutdown(wait=True)
+            self.conn.close()
 
 
-def publish(redis: Redis, keys: Keys, events: list[Event], retention_s: int) -> None:
-    """XADD each event to its run and tenant streams in one pipeline; repeats are refused."""
+def mark_published(conn: Conn, events: list[Outgoing]) -> None:
+    conn.execute(db.q("relay_mark_published"), {"ids": [e.id for e in events]})
+
+
+def publish(redis: Redis, keys: Keys, events: list[Outgoing], retention_s: int) -> int:
+    """Append each event to its run and tenant streams: one script call, so one round trip;
+    events already there are skipped. Returns how many entries were new."""
+    # tseq order per tenant is also seq order per run: tseqs are given in outbox id order
+    ordered = sorted(events, key=lambda e: (e.tenant, e.tseq))
+    tenants = {tenant: i for i, tenant in enumerate(dict.fromkeys(e.tenant for e in ordered), 1)}
+    args: list[Any] = [len(ordered), RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN]
+    for e in ordered:
+        args.append(f"{e.seq} {e.tseq} {tenants[e.tenant]} {e.type} {e.queue}")
+        args.append(e.event)
+    stream_keys = [keys.run_stream(e.run_id) for e in ordered]
+    stream_keys += [keys.tenant_stream(tenant) for tenant in tenants]
     pipe = redis.pipeline(transaction=False)
-    fields = {id(e): entry_fields(e) for e in events}
-    for event in events:  # in id order, which is seq order within a run
-        pipe.xadd(
-            keys.run_stream(event.run_id),
-            fields[id(event)],
-            id=stream_id(event.seq),
-            maxlen=RUN_STREAM_MAXLEN,
-            approximate=True,
-        )
-    for event in sorted(events, key=lambda e: (e.tenant, e.tseq or 0)):
-        if event.tseq:
-            pipe.xadd(
-                keys.tenant_stream(event.tenant),
-                fields[id(event)],
-                id=stream_id(event.tseq),
-                maxlen=TENANT_STREAM_MAXLEN,
-                approximate=True,
-            )
-    for run_id in {e.run_id for e in events if e.type.terminal}:
+    redis.register_script(PUBLISH_EVENTS)(keys=stream_keys, args=args, client=pipe)
+    for run_id in {e.run_id for e in events if e.type in TERMINAL_EVENTS}:
         pipe.expire(keys.run_stream(run_id), retention_s)
-    for tenant in {e.tenant for e in events}:
+    for tenant in tenants:
         pipe.expire(keys.tenant_stream(tenant), retention_s)
-    for result in pipe.execute(raise_on_error=False):
-        if isinstance(result, Exception) and not already_published(result):
-            raise result
-
-
-def already_published(error: Exception) -> bool:
-    """The one XADD error that is expected: this ID (or a later one) is already in the stream."""
-    return isinstance(error, ResponseError) and _TOP_REFUSAL in str(error)
+    return int(pipe.execute()[0])
 
 
 def rebuild_streams(conn: Conn, redis: Redis, keys: Keys, retention_s: int) -> int:
@@ -183,6 +220,6 @@ def rebuild_streams(conn: Conn, redis: Redis, keys: Keys, retention_s: int) -> i
         ).fetchall()
         if not rows:
             return count
-        publish(redis, keys, [Event.from_row(row) for row in rows], retention_s)
+        publish(redis, keys, [Outgoing.from_row(row) for row in rows], retention_s)
         after_id = rows[-1]["id"]
         count += len(rows)

@@ -17,7 +17,7 @@ from app.redis_keys import Keys
 from tests.helpers import wait_for
 from tests.tails import emit_progress, outbox_flushed, started_run, stream_seqs, wait_flushed
 from workers import relay as relay_mod
-from workers.relay import Relay, mark_published, publish, take_batch
+from workers.relay import Relay, publish, take_batch
 
 
 @pytest.fixture
@@ -59,9 +59,10 @@ def test_a_batch_goes_to_run_and_tenant_streams(conn, redis, keys, settings) -> 
     assert tseqs(conn, "alpha") == list(range(1, 8))
     _, fields = redis.xrange(keys.tenant_stream("beta"))[-1]
     assert fields[b"queue"] == b"other" and fields[b"type"] == b"run.progress"
-    assert conn.execute("SELECT count(*) AS n FROM run_events WHERE NOT published").fetchone()[
-        "n"
-    ] == 0
+    assert (
+        conn.execute("SELECT count(*) AS n FROM run_events WHERE NOT published").fetchone()["n"]
+        == 0
+    )
 
 
 def test_small_batches_keep_tseq_contiguous(conn, redis, keys, settings) -> None:
@@ -77,12 +78,12 @@ def test_small_batches_keep_tseq_contiguous(conn, redis, keys, settings) -> None
 def test_a_crash_between_xadd_and_marking_publishes_nothing_twice(conn, redis, keys, settings):
     run = started_run(conn)
     emit_progress(conn, run, 4)
-    ids, events = take_batch(conn)
+    events = take_batch(conn)
     publish(redis, keys, events, 3600)  # ... and the relay dies before mark_published
     emit_progress(conn, run, 2)
 
     relay = make_relay(settings, redis, keys)
-    assert relay.publish_batch(conn) == len(ids) + 2
+    assert relay.publish_batch(conn) == len(events) + 2
 
     assert stream_seqs(redis, keys.run_stream(run.id)) == list(range(1, 9))
     assert stream_seqs(redis, keys.tenant_stream("alpha")) == list(range(1, 9))
@@ -142,9 +143,8 @@ def test_per_run_order_holds_with_concurrent_commits(database_url, conn, redis, 
 def test_two_relays_one_publishes_and_the_other_takes_over(conn, redis, keys, settings) -> None:
     first, second = make_relay(settings, redis, keys), make_relay(settings, redis, keys)
     stops = [threading.Event(), threading.Event()]
-    threads = [
-        threading.Thread(target=r.run, args=(s,)) for r, s in zip((first, second), stops, strict=True)
-    ]
+    pairs = zip((first, second), stops, strict=True)
+    threads = [threading.Thread(target=r.run, args=(s,)) for r, s in pairs]
     for thread in threads:
         thread.start()
     try:
