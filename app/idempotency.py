@@ -15,6 +15,7 @@ from typing import Any
 
 from redis import Redis, RedisError
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from app import logs
 from app.errors import ApiError
@@ -85,20 +86,28 @@ class IdempotencyStore:
         return _outcome(reply, fp)
 
     def store(
-        self, tenant: str, key: str, fp: str, status: int, body: bytes, *, pipeline: Pipeline
+        self,
+        tenant: str,
+        key: str,
+        fp: str,
+        status: int,
+        body: bytes,
+        *,
+        pipeline: Pipeline | None = None,
     ) -> None:
-        """Adds the store to `pipeline` by SHA, so it rides in the caller's round trip.
-
-        Not via the Script object: on a pipeline that would cost a SCRIPT EXISTS round trip
-        first. When Redis has forgotten the script, see store_now.
-        """
-        pipeline.evalsha(
-            self._store.sha, 1, self.keys.idempotency(tenant, key), fp, status, body, self.ttl_ms
-        )
-
-    def store_now(self, tenant: str, key: str, fp: str, status: int, body: bytes) -> None:
-        """The store on its own (loads the script if Redis lost it)."""
-        self._store(keys=[self.keys.idempotency(tenant, key)], args=[fp, status, body, self.ttl_ms])
+        """Keeps the response for replays. Given a `pipeline`, the store is added to it and the
+        pipeline executed, so it costs no round trip of its own."""
+        name = self.keys.idempotency(tenant, key)
+        args = [fp, status, body, self.ttl_ms]
+        if pipeline is None:
+            self._store(keys=[name], args=args)
+            return
+        # By SHA rather than through the Script object, which would first ask SCRIPT EXISTS.
+        pipeline.evalsha(self._store.sha, 1, name, *args)
+        try:
+            pipeline.execute()
+        except NoScriptError:  # Redis restarted and forgot it; the pipeline's other commands ran
+            self._store(keys=[name], args=args)
 
     def release(self, tenant: str, key: str, fp: str) -> None:
         """Frees a key claimed by a request that ended without creating a run (best effort)."""

@@ -7,6 +7,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import errors, logs
 from app.config import Settings
@@ -65,6 +66,8 @@ def read_json() -> Any:
     """The request body as JSON: 413 past MAX_CONTENT_LENGTH (chunked bodies too), 400 if it is
     not JSON, 422 if it nests deeper than anything sane (it would only strain Postgres)."""
     raw = request.get_data(cache=True)
+    if request.content_length is None and len(raw) >= MAX_BODY_BYTES and _more_input():
+        raise RequestEntityTooLarge()  # a chunked body is cut at the limit rather than refused
     try:
         body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
@@ -85,6 +88,11 @@ def validate(model: type[M], data: Any, *, status: int = 422, **context: Any) ->
         return model.model_validate(data, context=context or None)
     except ValidationError as exc:
         raise errors.invalid(exc, status) from exc
+
+
+def _more_input() -> bool:
+    # The server terminates chunked input (wsgi.input_terminated), so this read cannot block.
+    return bool(request.environ["wsgi.input"].read(1))
 
 
 def _no_constants(name: str) -> Any:

@@ -11,7 +11,6 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 from redis import RedisError
-from redis.exceptions import NoScriptError
 
 from app import dispatch, idempotency, logs, runs
 from app.auth import require_tenant, tenant
@@ -171,7 +170,7 @@ def _existing(run: Run, new: runs.NewRun, *, claimed: bool) -> Response:
     body = _dump(run.to_json())
     if claimed:
         try:
-            store.store_now(new.tenant, key, fp, 201, body)
+            store.store(new.tenant, key, fp, 201, body)
         except RedisError as exc:  # the claim's lease runs out; Postgres answers again then
             log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
     return _response(201, body, run.id, replayed=True)
@@ -186,15 +185,13 @@ def _dispatch_and_store(run: Run, new: runs.NewRun, body: bytes, *, claimed: boo
     svc, store = services(), idempotency_store()
     key, fp = str(new.idempotency_key), str(new.request_fingerprint)
     pipe = svc.redis.pipeline(transaction=False)
-    if run.status is RunStatus.QUEUED:
-        dispatch.enqueue(svc.redis, svc.keys, [run], pipeline=pipe)
-    if claimed:
-        store.store(new.tenant, key, fp, 201, body, pipeline=pipe)
     try:
-        try:
+        if run.status is RunStatus.QUEUED:  # (RQ asks Redis its version once per client)
+            dispatch.enqueue(svc.redis, svc.keys, [run], pipeline=pipe)
+        if claimed:
+            store.store(new.tenant, key, fp, 201, body, pipeline=pipe)  # executes the pipeline
+        else:
             pipe.execute()
-        except NoScriptError:  # Redis restarted and forgot the script; the enqueue went through
-            store.store_now(new.tenant, key, fp, 201, body)
     except RedisError as exc:
         log.warning("submit.redis_failed", extra={"run_id": run.id, "error": str(exc)})
 
