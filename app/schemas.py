@@ -43,7 +43,10 @@ def _rfc3339(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp, e.g. 2030-01-01T00:00:00Z") from exc
     if parsed.tzinfo is None:
         raise ValueError("must carry a time zone offset (e.g. Z or +02:00)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00
+        raise ValueError("is out of range") from exc
 
 
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
