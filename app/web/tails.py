@@ -1,7 +1,177 @@
-"""Live tails of runs: WebSocket and Server-Sent Events over the relay's Redis Streams."""
+"""Live tails of runs: WebSocket and Server-Sent Events over the relay's Redis Streams.
+
+Every check (token, run, cursor) is answered before the WebSocket upgrade, as a problem+json
+response. After it, each tail follows its stream through the process's one stream reader
+(app.streams), which fills from Postgres whatever Redis does not bring.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from flask_sock import Sock
+
+from app import runs, streams
+from app.auth import CHALLENGE, authenticate, bearer_token
+from app.domain import Run
+from app.errors import ApiError, problem
+from app.services import Services
+from app.streams import Entry, StreamHub
 
 bp = Blueprint("tails", __name__)
+
+PING_SECONDS = 20  # WebSocket keep-alive pings, sent by the socket's own thread
+SSE_HEARTBEAT_SECONDS = 10
+MAX_NUMBER = 2**62
+_hub_lock = threading.Lock()
+
+
+def init_app(app: Flask) -> None:
+    """Registers the WebSocket routes (flask-sock) on a blueprint of their own."""
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": PING_SECONDS})
+    ws = Blueprint("tails_ws", __name__)
+    ws.before_request(_check_before_upgrade)
+    sock = Sock()
+    sock.route("/v1/runs/<run_id>/tail", bp=ws)(run_tail)
+    sock.route("/v1/tail", bp=ws)(tenant_tail)
+    app.register_blueprint(ws)
+    sock.init_app(app)
+    app.extensions["runlane.sock"] = sock
+
+
+def hub() -> StreamHub:
+    """This process's stream reader, made on first use (after a forking server forked)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with _hub_lock:
+        found = app.extensions.get("runlane.streams")
+        if found is None:
+            svc = _services()
+            redis_url, _ = svc.settings.require_urls()
+            found = StreamHub.from_url(redis_url, svc.keys)
+            app.extensions["runlane.streams"] = found
+    return found  # type: ignore[no-any-return]
+
+
+# --- before the upgrade -----------------------------------------------------------------------
+
+
+def _check_before_upgrade() -> Response | None:
+    """Answer 400/401/404 as problem+json while it is still HTTP; stash what the tail needs."""
+    try:
+        g.tail_tenant = _tenant()
+        if request.view_args and "run_id" in request.view_args:
+            with _services().pool.connection() as conn:
+                g.tail_run = runs.get_run(conn, g.tail_tenant, request.view_args["run_id"])
+            g.tail_after = _number("after", request.args.get("after"), default=0)
+        else:
+            g.tail_queue = request.args.get("queue") or None
+            cursor = request.args.get("cursor")
+            g.tail_top = streams.tenant_top(_services().pool, g.tail_tenant)
+            g.tail_cursor = _number("cursor", cursor, default=g.tail_top)
+            if g.tail_cursor > g.tail_top:
+                raise _bad("cursor", "is not a cursor of this tenant's stream")
+    except ApiError as exc:
+        return problem(exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
+    except runs.RunNotFound:
+        return problem(404, "no such run", slug="run-not-found")
+    return None
+
+
+def _tenant() -> str:
+    token = bearer_token() or request.args.get("token")
+    tenant = authenticate(token)
+    if tenant is None:
+        raise ApiError(401, "a valid token is required", slug="unauthorized", headers=CHALLENGE)
+    return tenant
+
+
+def _number(name: str, raw: str | None, *, default: int) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    if not text.isdigit() or int(text) > MAX_NUMBER:
+        raise _bad(name, "must be a non-negative integer")
+    return int(text)
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError(400, f"invalid {field}: {message}", slug="validation")
+
+
+# --- after the upgrade ------------------------------------------------------------------------
+
+
+def run_tail(ws: Any, run_id: str) -> None:
+    """WebSocket /v1/runs/{id}/tail?after=N: history, then live; close 1000 after the end."""
+    run: Run = g.tail_run
+    follower = streams.follow_run(
+        _services().pool, hub(), run.id, after=g.tail_after, last_seq=run.last_seq
+    )
+    if _send_all(ws, follower, lambda entry: entry.event):
+        ws.close(1000, "run finished")
+
+
+def tenant_tail(ws: Any) -> None:
+    """WebSocket /v1/tail?queue=Q&cursor=C: the tenant's events as {"cursor", "event"}."""
+    follower = streams.follow_tenant(
+        _services().pool, hub(), g.tail_tenant,
+        after=g.tail_cursor, top=g.tail_top, queue=g.tail_queue,
+    )  # fmt: skip
+    _send_all(ws, follower, _tenant_message)
+
+
+def _tenant_message(entry: Entry) -> str:
+    if entry is streams.GAP:
+        return entry.event
+    return f'{{"cursor": "{entry.number}", "event": {entry.event}}}'
+
+
+def _send_all(ws: Any, follower: streams.Follower, render: Any) -> bool:
+    """Sends what the follower yields while the client is there; True if the follower ended."""
+    items = iter(follower)
+    try:
+        for entry in items:
+            if not ws.connected:
+                return False
+            if entry is not None:
+                ws.send(render(entry))
+    finally:
+        items.close()  # type: ignore[attr-defined]
+    return True
+
+
+# --- Server-Sent Events -----------------------------------------------------------------------
+
+
+def sse_response(run: Run, after: int) -> Response:
+    """GET /v1/runs/{id}/events as text/event-stream: `id:` seq, `event:` type, history then
+    live, ending after the terminal event; comments as heartbeats while idle."""
+    follower = streams.follow_run(
+        _services().pool, hub(), run.id, after=after, last_seq=run.last_seq
+    )
+    return Response(
+        _sse(follower),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(follower: streams.Follower) -> Iterator[str]:
+    yield "retry: 1000\n\n"
+    idle = 0.0
+    for entry in follower:
+        if entry is None:
+            idle += follower.idle_s
+            if idle >= SSE_HEARTBEAT_SECONDS:
+                idle = 0.0
+                yield ": keep-alive\n\n"  # also how a closed connection is noticed
+            continue
+        idle = 0.0
+        yield f"id: {entry.number}\nevent: {entry.type}\ndata: {entry.event}\n\n"
+
+
+def _services() -> Services:
+    return current_app.extensions["runlane"]  # type: ignore[no-any-return]
