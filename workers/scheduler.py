@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from croniter import croniter
@@ -33,7 +33,6 @@ MAX_SLEEP_S = 0.2
 STALL_EVERY_S = 1.0
 SWEEP_EVERY_S = 2.0
 SWEEP_OLDER_THAN_S = 5.0  # a run dispatched this long ago and still queued may be lost
-SCHEDULES_EVERY_S = 0.5
 RETENTION_EVERY_S = 60.0
 
 
@@ -67,7 +66,7 @@ class Scheduler:
                 self.promote(conn)
                 self._every("stalls", STALL_EVERY_S, lambda: self.recover_stalled(conn))
                 self._every("sweep", SWEEP_EVERY_S, lambda: self.sweep(conn))
-                self._every("schedules", SCHEDULES_EVERY_S, lambda: self.fire_schedules(conn))
+                self.fire_schedules(conn)
                 self._every("retention", RETENTION_EVERY_S, lambda: self.retention(conn))
                 return self._sleep(conn)
         except Exception:  # a database or Redis outage: keep trying
@@ -81,10 +80,12 @@ class Scheduler:
             step()
 
     def _sleep(self, conn: Conn) -> float:
-        due = runs.next_delayed_due(conn)
-        if due is None:
+        """Until the next delayed run or schedule is due, at most MAX_SLEEP_S."""
+        row = conn.execute(q("next_schedule_due")).fetchone()
+        dues = [due for due in (runs.next_delayed_due(conn), row and row["due"]) if due]
+        if not dues:
             return MAX_SLEEP_S
-        left = (due - datetime.now(due.tzinfo)).total_seconds()
+        left = (min(dues) - datetime.now(UTC)).total_seconds()
         return min(MAX_SLEEP_S, max(0.005, left))
 
     def enqueue(self, batch: list[Run]) -> None:

@@ -163,6 +163,10 @@ class RunlaneWorker(SimpleWorker):
         run_id = got[1].decode() if isinstance(got[1], bytes) else got[1]
         return self._pop(self._batch, [run_id])
 
+    def stop_soon(self) -> None:
+        """Stop as a first SIGTERM would, from any thread (tests, embedding)."""
+        self._stop_requested = True
+
     def _heartbeat(self) -> None:
         self.heartbeat(timeout=int(max(30, self.worker_ttl)))
 

@@ -1,0 +1,31 @@
+"""Tasks that only the tests register (RUNLANE_TASK_MODULES=tests.tasks)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app.tasks import Context, task
+
+
+@task("tests.stubborn")
+def stubborn(ctx: Context, input: Any) -> dict[str, Any]:
+    """Sleeps `seconds` and ignores cancellation: only a hard stop ends it early."""
+    deadline = time.monotonic() + float(input.get("seconds", 30))
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"ignored": True}
+
+
+@task("tests.chatty")
+def chatty(ctx: Context, input: Any) -> dict[str, Any]:
+    """Logs a line and reports progress, then returns what the context said about itself."""
+    ctx.log("hello", "warning")
+    ctx.progress(50, "half")
+    return {"run_id": ctx.run_id, "attempt": ctx.attempt, "cancelled": ctx.cancel_requested}
+
+
+@task("tests.unserializable")
+def unserializable(ctx: Context, input: Any) -> Any:
+    """Returns something JSON cannot hold."""
+    return {"when": object()}
