@@ -4,9 +4,12 @@ embedded servers, the whole stack, a run end to end, and nothing left behind aft
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -45,10 +48,21 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A fresh RUNLANE_HOME outside pytest's temp folder: a concurrent pytest session resets that
+    folder to mode 0700, which locks out the unprivileged user pgserver runs Postgres as."""
+    path = Path(tempfile.mkdtemp(prefix="runlane-dev-"))
+    yield path / "home"
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
-def test_dev_stack_runs_a_run_and_stops_without_leftovers(tmp_path: Path, stop: str) -> None:
-    home, port = tmp_path / "home", free_port()
+def test_dev_stack_runs_a_run_and_stops_without_leftovers(
+    home: Path, tmp_path: Path, stop: str
+) -> None:
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env = {k: v for k, v in env.items() if not k.startswith("RUNLANE_")}
     env.update(RUNLANE_HOME=str(home), PORT=str(port), PYTHONUNBUFFERED="1")
@@ -61,7 +75,7 @@ def test_dev_stack_runs_a_run_and_stops_without_leftovers(tmp_path: Path, stop: 
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: ready(base), 180, 0.2, "/readyz to answer 200")
+        wait_for(lambda: ready(base, dev), 180, 0.2, "/readyz to answer 200")
         stack = psutil.Process(dev.pid).children(recursive=True) + stack_processes(home, port)
         token = dev_token(home)
         assert token in log_path.read_text(), "the dev token is printed at start"
@@ -88,7 +102,8 @@ def test_dev_stack_runs_a_run_and_stops_without_leftovers(tmp_path: Path, stop: 
     assert leftovers == [], [p.cmdline() for p in leftovers]
 
 
-def ready(base: str) -> bool:
+def ready(base: str, dev: subprocess.Popen[bytes]) -> bool:
+    assert dev.poll() is None, f"runlane dev exited with {dev.returncode}"
     try:
         return requests.get(f"{base}/readyz", timeout=2).status_code == 200
     except requests.RequestException:
