@@ -15,9 +15,9 @@ import queue
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from psycopg_pool import ConnectionPool
 from redis import Redis
@@ -184,7 +184,7 @@ class StreamHub:
 
     def _read_once(self, redis: Redis, wake_cursor: str) -> str:
         with self._lock:
-            wanted = {self.wake_key: wake_cursor, **self._cursors}
+            wanted: dict[Any, Any] = {self.wake_key: wake_cursor, **self._cursors}
         reply = redis.xread(wanted, count=READ_COUNT, block=BLOCK_MS)
         for raw_key, raw_entries in _stream_items(reply):
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
@@ -281,7 +281,7 @@ class Follower:
                     continue
             yield from self._deliver(entry)
 
-    def _catch_up(self) -> Iterator[Entry | None]:
+    def _catch_up(self) -> Generator[Entry | None, None, int]:
         caught = 0
         while not self.finished:
             page = self.fetch(self.last)
@@ -332,7 +332,7 @@ def follow_tenant(
             rows = conn.execute(
                 db.q("tenant_events"), {"tenant": tenant, "after": n, "limit": PAGE}
             ).fetchall()
-        return [Entry.from_event(Event.from_row(row), row["tseq"]) for row in rows]
+        return [_tenant_entry(cast(dict[str, Any], row)) for row in rows]
 
     return Follower(
         hub, hub.keys.tenant_stream(tenant), fetch,
@@ -344,5 +344,12 @@ def follow_tenant(
 def tenant_top(pool: ConnectionPool, tenant: str) -> int:
     """The last tseq given to the tenant's events: a tail without a cursor starts after it."""
     with pool.connection() as conn:
-        row = conn.execute(db.q("tenant_last_tseq"), {"tenant": tenant}).fetchone()
+        row = cast(
+            dict[str, Any] | None,
+            conn.execute(db.q("tenant_last_tseq"), {"tenant": tenant}).fetchone(),
+        )
     return int(row["last_tseq"]) if row else 0
+
+
+def _tenant_entry(row: dict[str, Any]) -> Entry:
+    return Entry.from_event(Event.from_row(row), row["tseq"])

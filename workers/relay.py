@@ -121,7 +121,8 @@ class Relay:
 
 
 def try_lock(conn: Conn) -> bool:
-    return bool(conn.execute(db.q("relay_try_lock"), {"key": RELAY_LOCK}).fetchone()["locked"])
+    row = conn.execute(db.q("relay_try_lock"), {"key": RELAY_LOCK}).fetchone()
+    return bool(row and row["locked"])
 
 
 class Outgoing(NamedTuple):
