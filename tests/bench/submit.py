@@ -1,0 +1,174 @@
+"""`scripts/bench submit`: POST /v1/runs throughput and latency against the Procfile processes.
+
+Starts release, web, worker, relay and scheduler (tests.helpers.Stack) on REDIS_URL/DATABASE_URL
+or on embedded servers, in a database and key prefix of its own, then drives POST /v1/runs with a
+unique Idempotency-Key per request from concurrent keep-alive clients, and prints requests/s and
+latency percentiles. `--url` benchmarks an already running API instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from app.embedded import EmbeddedServers, free_port
+from tests.helpers import Stack
+
+TOKEN = "bench-token"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench submit", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive load")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
+    parser.add_argument("--url", help="an API already running (then --token is needed)")
+    parser.add_argument("--token", default=TOKEN)
+    parser.add_argument("--web-only", action="store_true", help="start release and web only")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.url:
+        report(drive(args.url, args.token, args.clients, args.seconds, args.warmup), args)
+        return 0
+    with servers() as (redis_url, database_url), tempfile.TemporaryDirectory() as tmp:
+        stack = start_stack(redis_url, database_url, Path(tmp), web_only=args.web_only)
+        try:
+            result = drive(stack.base, TOKEN, args.clients, args.seconds, args.warmup)
+        finally:
+            stack.stop()
+    report(result, args)
+    return 0 if result["errors"] == 0 else 1
+
+
+@contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    """The given servers (with a database made for this run), else embedded ones."""
+    redis_url, admin_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
+    with tempfile.TemporaryDirectory() as home:
+        embedded = EmbeddedServers(Path(home))
+        embedded.start(redis=not redis_url, postgres=not admin_url)
+        admin_url = admin_url or embedded.database_url
+        name = f"runlane_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield redis_url or embedded.redis_url, make_conninfo(admin_url, dbname=name)
+        finally:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            embedded.stop()
+
+
+def start_stack(redis_url: str, database_url: str, tmp: Path, *, web_only: bool) -> Stack:
+    env = {
+        "PORT": str(free_port()),
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "RUNLANE_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+        "RUNLANE_HOME": str(tmp / "home"),
+        "RUNLANE_API_TOKENS": f"bench:{TOKEN}",
+    }
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    stack = Stack(env, logdir)
+    if web_only:
+        stack.run_release()
+        stack.start("web")
+        stack.wait_ready()
+    else:
+        stack.start_all()
+    return stack
+
+
+def drive(base: str, token: str, clients: int, seconds: float, warmup: float) -> dict[str, object]:
+    """`clients` threads, each on one keep-alive connection, posting until the time is up."""
+    start = time.monotonic()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        mine: Counter[int] = Counter()
+        conn = connect(base)
+        body = json.dumps({"task": "demo.noop", "input": {"client": index}})
+        while (now := time.monotonic()) < stop_at:
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": uuid.uuid4().hex,
+            }
+            try:
+                conn.request("POST", "/v1/runs", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = connect(base)
+                status = 0
+            if now >= measure_from:
+                latencies[index].append(time.monotonic() - now)
+                mine[status] += 1
+        conn.close()
+        with lock:
+            statuses.update(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    merged = sorted(latency for per_client in latencies for latency in per_client)
+    return {
+        "requests": len(merged),
+        "seconds": seconds,
+        "statuses": dict(statuses),
+        "errors": sum(n for status, n in statuses.items() if status != 201),
+        "latencies": merged,
+    }
+
+
+def connect(base: str) -> http.client.HTTPConnection:
+    parts = urlsplit(base)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, round(p / 100 * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+def report(result: dict[str, object], args: argparse.Namespace) -> None:
+    latencies = result["latencies"]
+    assert isinstance(latencies, list)
+    rate = len(latencies) / args.seconds
+    print(
+        f"submit: {args.clients} clients, {args.seconds:.0f} s: {len(latencies)} requests, "
+        f"{rate:,.0f} req/s, p50 {percentile(latencies, 50) * 1000:.1f} ms, "
+        f"p99 {percentile(latencies, 99) * 1000:.1f} ms, statuses {result['statuses']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
