@@ -14,6 +14,7 @@ from redis import Redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from app.client import ApiError, Client
 from app.embedded import EmbeddedServers
 from tests.helpers import Stack, wait_for
 from tests.tails import Tail, assert_complete
@@ -164,3 +165,15 @@ def test_tenant_tail_resumes_after_its_cursor(stack: Stack) -> None:
     assert [int(m["cursor"]) for m in got] == list(range(1, len(got) + 1))
     resumed = tenant_messages(stack, 3, cursor=got[2]["cursor"])
     assert resumed == got[3:6]
+
+
+def test_the_python_client_submits_and_tails_a_run(stack: Stack) -> None:
+    client = Client(stack.base, "tok-alpha")
+    run = client.submit("demo.progress", {"steps": 5, "interval_ms": 10}, idempotency_key="k1")
+    events = list(client.tail(run["id"]))
+    assert_complete(events)
+    assert client.get(run["id"])["status"] == "succeeded"
+    assert [e["seq"] for e in client.events(run["id"], after=2)] == [e["seq"] for e in events[2:]]
+    with pytest.raises(ApiError) as refused:
+        list(Client(stack.base, "tok-beta").tail(run["id"]))
+    assert refused.value.status == 404
