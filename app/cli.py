@@ -53,7 +53,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from workers import relay
 
     logs.configure()
-    return int(relay.main(Settings.from_env()) or 0)
+    relay.main(Settings.from_env())
+    return 0
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -61,7 +62,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from workers import scheduler
 
     logs.configure()
-    return int(scheduler.main(Settings.from_env()) or 0)
+    scheduler.main(Settings.from_env())
+    return 0
 
 
 # --- runlane dev -----------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def _calling(call: Callable[[Any], Any]) -> int:
 
     try:
         result = call(_client())
-    except ApiError as exc:
+    except (ApiError, OSError) as exc:  # OSError: the server cannot be reached
         print(f"runlane: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2, sort_keys=True))
@@ -263,14 +265,16 @@ def cmd_queues(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    """Exits 0 when the run succeeded, 1 when it failed or was cancelled, so scripts can wait on
+    a run with it."""
     from app.client import ApiError, render_tail
 
     try:
-        render_tail(_client().tail(args.run_id, after=args.after), sys.stdout)
-    except ApiError as exc:
+        last = render_tail(_client().tail(args.run_id, after=args.after), sys.stdout)
+    except (ApiError, OSError) as exc:  # OSError includes ConnectionError: gave up reconnecting
         print(f"runlane: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if last is not None and last["type"] == "run.succeeded" else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -302,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
         ("retry", cmd_retry, "retry a failed or cancelled run"),
     ):
         command(name, func, help).add_argument("run_id", metavar="RUN_ID")
-    tail = command("tail", cmd_tail, "follow a run's events until it finishes")
+    tail = command("tail", cmd_tail, "follow a run's events until it ends (exit 0: it succeeded)")
     tail.add_argument("run_id", metavar="RUN_ID")
     tail.add_argument("--after", type=int, default=0, help="start after this event seq")
     command("queues", cmd_queues, "list queues with their counts")

@@ -48,6 +48,8 @@ def test_submit_then_get(stack: Stack) -> None:
     )  # fmt: skip
 
     assert run["task"] == "demo.echo" and run["priority"] == 3 and run["max_attempts"] == 2
+    elsewhere = ok_json(runlane(stack, "submit", "demo.noop", "--queue", "nobody-serves-this"))
+    assert elsewhere["queue"] == "nobody-serves-this" and elsewhere["status"] == "queued"
     assert again["id"] == run["id"], "the same Idempotency-Key replays the first run"
     wait_for(lambda: finished(stack, run["id"]), 30, message="the run to finish")
     got = ok_json(runlane(stack, "get", run["id"]))
@@ -56,8 +58,8 @@ def test_submit_then_get(stack: Stack) -> None:
 
 
 def test_cancel_then_retry_a_delayed_run(stack: Stack) -> None:
-    run = ok_json(runlane(stack, "submit", "demo.noop", "--delay-ms", "600000", "--queue", "slow"))
-    assert run["status"] == "delayed" and run["queue"] == "slow"
+    run = ok_json(runlane(stack, "submit", "demo.noop", "--delay-ms", "600000"))
+    assert run["status"] == "delayed"
 
     cancelled = ok_json(runlane(stack, "cancel", run["id"]))
     assert cancelled["status"] == "cancelled"
@@ -90,12 +92,23 @@ def test_tail_prints_every_event_until_the_run_ends(stack: Stack) -> None:
     tail = runlane(stack, "tail", run["id"])
 
     assert tail.returncode == 0, tail.stderr
-    for kind in ("run.queued", "run.started", "run.progress", "run.succeeded"):
+    for kind in ("run.queued", "run.started", "run.progress"):
         assert kind in tail.stdout
     assert tail.stdout.count("run.progress") == 3
+    assert tail.stdout.splitlines()[-1].startswith("succeeded")
     after = runlane(stack, "tail", run["id"], "--after", "3")
     assert after.returncode == 0, after.stderr
-    assert "run.queued" not in after.stdout and "run.succeeded" in after.stdout
+    assert "run.queued" not in after.stdout
+    assert after.stdout.splitlines()[-1].startswith("succeeded")
+
+
+def test_tail_exits_non_zero_when_the_run_fails(stack: Stack) -> None:
+    run = ok_json(runlane(stack, "submit", "demo.fail", "--input", '{"times": 1}'))
+
+    tail = runlane(stack, "tail", run["id"])
+
+    assert tail.returncode == 1
+    assert tail.stdout.splitlines()[-1].startswith("failed")
 
 
 def test_http_errors_exit_non_zero_with_the_problem(stack: Stack) -> None:
