@@ -98,7 +98,7 @@ class IdempotencyStore:
         """Keeps the response for replays. Given a `pipeline`, the store is added to it and the
         pipeline executed, so it costs no round trip of its own."""
         name = self.keys.idempotency(tenant, key)
-        args = [fp, status, body, self.ttl_ms]
+        args: list[str | int | bytes] = [fp, status, body, self.ttl_ms]
         if pipeline is None:
             self._store(keys=[name], args=args)
             return

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from flask import Blueprint, Response
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 from redis import RedisError
 
 from app import db, schemas
@@ -98,7 +99,11 @@ def openapi() -> Doc:
 
 def _component_schemas() -> Doc:
     found: Doc = {}
-    for models, mode in ((REQUEST_MODELS, "validation"), (RESPONSE_MODELS, "serialization")):
+    modes: tuple[tuple[tuple[type[BaseModel], ...], JsonSchemaMode], ...] = (
+        (REQUEST_MODELS, "validation"),
+        (RESPONSE_MODELS, "serialization"),
+    )
+    for models, mode in modes:
         for model in models:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
             found.update(schema.pop("$defs", {}))
@@ -115,7 +120,12 @@ def _json(model: type[BaseModel], description: str) -> Doc:
 
 
 def _op(
-    summary: str, ok: Doc, *, errors: tuple[int, ...] = (), auth: bool = True, **extra: Any
+    summary: str,
+    ok: dict[int, Doc],
+    *,
+    errors: tuple[int, ...] = (),
+    auth: bool = True,
+    **extra: Any,
 ) -> Doc:
     responses: Doc = {str(status): response for status, response in ok.items()}
     if not auth:
@@ -159,7 +169,7 @@ def _websocket(summary: str, message: type[BaseModel], params: list[Doc]) -> Doc
 
 def _paths() -> Doc:
     run_id = _param("id", "path", {"type": "string", "format": "uuid"})
-    run = {200: _json(schemas.RunOut, "The run")}
+    run: dict[int, Doc] = {200: _json(schemas.RunOut, "The run")}
     events = {
         "description": "The run's events with seq > after; as Server-Sent Events (id: seq, "
         "event: type) when Accept is text/event-stream, resuming after Last-Event-ID",
@@ -169,7 +179,9 @@ def _paths() -> Doc:
         },
     }
     queue = [_param("name", "path", {"type": "string", "pattern": schemas.NAME_PATTERN})]
-    queue_ok = {200: _json(schemas.QueueList, "The queue, as one item of the queues list")}
+    queue_ok: dict[int, Doc] = {
+        200: _json(schemas.QueueList, "The queue, as one item of the queues list")
+    }
     return {
         "/v1/runs": {
             "post": _op(

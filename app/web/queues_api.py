@@ -50,15 +50,20 @@ def resume_queue(name: str) -> dict[str, Any]:
     _check_name(name)
     svc = services()
     with svc.pool.connection() as conn:
-        conn.execute(q("resume_queue"), {"tenant": tenant(), "queue": name})
-        rows = conn.execute(q("queued_in_queue"), {"tenant": tenant(), "queue": name}).fetchall()
-        queued = [Run.from_row(row) for row in rows]
+        queued = _resume(conn, name)
         try:
             dispatch.enqueue(svc.redis, svc.keys, queued)
             runs.mark_dispatched(conn, [run.id for run in queued])
         except RedisError as exc:  # still queued in Postgres: the scheduler's sweep dispatches them
             log.warning("resume.dispatch_failed", extra={"queue": name, "error": str(exc)})
         return _one_queue(conn, name)
+
+
+def _resume(conn: Conn, name: str) -> list[Run]:
+    """Deletes the pause; the caller's queued runs of the queue, which workers dropped meanwhile."""
+    conn.execute(q("resume_queue"), {"tenant": tenant(), "queue": name})
+    rows = conn.execute(q("queued_in_queue"), {"tenant": tenant(), "queue": name}).fetchall()
+    return [Run.from_row(row) for row in rows]
 
 
 @bp.get("/tasks")

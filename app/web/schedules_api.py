@@ -12,6 +12,7 @@ from app.auth import require_tenant, tenant
 from app.db import jsonb, q
 from app.domain import rfc3339
 from app.errors import ApiError
+from app.runs import Conn
 from app.schemas import ScheduleCreate
 from app.web import read_json, services, validate
 
@@ -33,25 +34,20 @@ def put_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
         "every_s": spec.every_s,
         "next_fire_at": first_fire_at(spec, datetime.now(UTC)),
     }
-    with services().pool.connection() as conn:
-        row = conn.execute(q("upsert_schedule"), params).fetchone()
-    assert row is not None  # an upsert always returns its row
+    (row,) = _query("upsert_schedule", params)
     status = 201 if row["inserted"] else 200
     return _schedule(row), status, {"Location": f"/v1/schedules/{spec.name}"}
 
 
 @bp.get("/schedules")
 def list_schedules() -> dict[str, Any]:
-    with services().pool.connection() as conn:
-        rows = conn.execute(q("list_schedules"), {"tenant": tenant()}).fetchall()
+    rows = _query("list_schedules", {"tenant": tenant()})
     return {"items": [_schedule(row) for row in rows]}
 
 
 @bp.delete("/schedules/<name>")
 def delete_schedule(name: str) -> Response:
-    with services().pool.connection() as conn:
-        row = conn.execute(q("delete_schedule"), {"tenant": tenant(), "name": name}).fetchone()
-    if row is None:
+    if not _query("delete_schedule", {"tenant": tenant(), "name": name}):
         raise ApiError(404, f"no schedule named {name!r}", slug="schedule-not-found")
     return Response(status=204)
 
@@ -62,6 +58,15 @@ def first_fire_at(spec: ScheduleCreate, now: datetime) -> datetime:
         return croniter(spec.cron, now).get_next(datetime)  # type: ignore[no-any-return]
     assert spec.every_s is not None  # the schema requires exactly one of the two
     return now + timedelta(seconds=spec.every_s)
+
+
+def _query(name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with services().pool.connection() as conn:
+        return _fetch(conn, name, params)
+
+
+def _fetch(conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return conn.execute(q(name), params).fetchall()
 
 
 def _schedule(row: dict[str, Any]) -> dict[str, Any]:
