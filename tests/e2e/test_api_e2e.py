@@ -79,6 +79,14 @@ def test_an_echo_run_succeeds_with_its_input(stack: Stack) -> None:
     events = requests.get(f"{url}/events", headers=ALPHA, timeout=5).json()["items"]
     assert [e["type"] for e in events] == ["run.queued", "run.started", "run.succeeded"]
 
+    # the same history as Server-Sent Events, resuming after Last-Event-ID, ending at the end
+    sse = {**ALPHA, "Accept": "text/event-stream", "Last-Event-ID": "1"}
+    with requests.get(f"{url}/events", headers=sse, stream=True, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        text = response.text
+    assert re.findall(r"^id: (\d+)$", text, re.MULTILINE) == ["2", "3"]
+    assert re.findall(r"^event: (\S+)$", text, re.MULTILINE) == ["run.started", "run.succeeded"]
+
 
 def test_chunked_bodies_over_1_mib_get_413_through_gunicorn(stack: Stack) -> None:
     def chunks() -> Iterator[bytes]:
