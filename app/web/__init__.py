@@ -90,6 +90,11 @@ def validate(model: type[M], data: Any, *, status: int = 422, **context: Any) ->
         raise errors.invalid(exc, status) from exc
 
 
+def query_args() -> dict[str, str]:
+    """The query string, first value of each parameter; `?status=` counts as not given."""
+    return {name: value for name, value in request.args.items() if value != ""}
+
+
 def _more_input() -> bool:
     # The server terminates chunked input (wsgi.input_terminated), so this read cannot block.
     return bool(request.environ["wsgi.input"].read(1))

@@ -18,7 +18,7 @@ from app.domain import Run, RunStatus
 from app.errors import ApiError
 from app.idempotency import Claim
 from app.schemas import EventListQuery, RunCreate, RunListQuery
-from app.web import idempotency_store, metrics, read_json, services, validate
+from app.web import idempotency_store, metrics, query_args, read_json, services, validate
 
 CANCEL_FLAG_TTL_S = 24 * 3600
 log = logs.get("runlane.web")
@@ -46,7 +46,7 @@ def get_run(run_id: str) -> dict[str, Any]:
 
 @bp.get("/runs")
 def list_runs() -> dict[str, Any]:
-    query = validate(RunListQuery, request.args.to_dict(), status=400)
+    query = validate(RunListQuery, query_args(), status=400)
     with services().pool.connection() as conn:
         found = runs.list_runs(
             conn,
@@ -91,7 +91,7 @@ def retry_run(run_id: str) -> dict[str, Any]:
 
 @bp.get("/runs/<run_id>/events")
 def list_events(run_id: str) -> Any:
-    query = validate(EventListQuery, request.args.to_dict(), status=400)
+    query = validate(EventListQuery, query_args(), status=400)
     sse = _wants_event_stream()
     with services().pool.connection() as conn:
         run = runs.get_run(conn, tenant(), run_id)

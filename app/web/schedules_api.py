@@ -21,7 +21,7 @@ bp.before_request(require_tenant)
 
 
 @bp.post("/schedules")
-def put_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
+def put_schedule() -> tuple[dict[str, Any], int]:
     """201 when the name is new, 200 when it replaced the schedule of that name."""
     spec = validate(ScheduleCreate, read_json(), registry=services().registry)
     params = {
@@ -36,7 +36,7 @@ def put_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
     }
     (row,) = _query("upsert_schedule", params)
     status = 201 if row["inserted"] else 200
-    return _schedule(row), status, {"Location": f"/v1/schedules/{spec.name}"}
+    return _schedule(row), status
 
 
 @bp.get("/schedules")

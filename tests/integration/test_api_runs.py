@@ -253,6 +253,7 @@ def test_list_filters(client: FlaskClient) -> None:
     assert ids(status="delayed") == [delayed["id"]]
     assert len(ids(task="demo.echo")) == 2
     assert ids(task="demo.echo", status="delayed", queue="default") == [delayed["id"]]
+    assert len(ids(status="", queue="", task="", cursor="", limit="")) == 3  # empty = not given
 
 
 @pytest.mark.parametrize(
