@@ -47,7 +47,7 @@ def run_count(services: Services, tenant: str = "alpha") -> int:
 
 def forget_keys(services: Services) -> None:
     """What a Redis restart does to this test's keys (never FLUSHALL the shared Redis)."""
-    keys = list(services.redis.scan_iter(match=f"{services.keys.prefix}:idem:*"))
+    keys = list(services.redis.scan_iter(match=f"{services.keys.prefix}*"))
     assert keys
     services.redis.delete(*keys)
 
