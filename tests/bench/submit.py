@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+from redis import Redis
 
 from app.embedded import EmbeddedServers, free_port
 from tests.helpers import Stack
@@ -48,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         report(drive(args.url, args.token, args.clients, args.seconds, args.warmup), args)
         return 0
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
     with servers() as (redis_url, database_url), tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(redis_url, database_url, Path(tmp), web_only=args.web_only)
+        stack = start_stack(redis_url, database_url, prefix, Path(tmp), web_only=args.web_only)
         try:
             result = drive(stack.base, TOKEN, args.clients, args.seconds, args.warmup)
         finally:
             stack.stop()
+            forget(redis_url, prefix)
     report(result, args)
     return 0 if result["errors"] == 0 else 1
 
@@ -77,12 +80,14 @@ def servers() -> Iterator[tuple[str, str]]:
             embedded.stop()
 
 
-def start_stack(redis_url: str, database_url: str, tmp: Path, *, web_only: bool) -> Stack:
+def start_stack(
+    redis_url: str, database_url: str, prefix: str, tmp: Path, *, web_only: bool
+) -> Stack:
     env = {
         "PORT": str(free_port()),
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
-        "RUNLANE_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+        "RUNLANE_PREFIX": prefix,
         "RUNLANE_HOME": str(tmp / "home"),
         "RUNLANE_API_TOKENS": f"bench:{TOKEN}",
     }
@@ -96,6 +101,27 @@ def start_stack(redis_url: str, database_url: str, tmp: Path, *, web_only: bool)
     else:
         stack.start_all()
     return stack
+
+
+def forget(redis_url: str, prefix: str) -> None:
+    """Deletes this run's keys, RQ queues and the jobs left in them (Redis may be shared)."""
+    redis = Redis.from_url(redis_url)
+    queues = list(redis.scan_iter(match=f"rq:queue:{prefix}.*", count=1000))
+    for queue in queues:
+        job_ids = redis.lrange(queue, 0, -1)
+        for start in range(0, len(job_ids), 1000):
+            redis.delete(*[b"rq:job:" + job_id for job_id in job_ids[start : start + 1000]])
+    if queues:
+        redis.srem("rq:queues", *queues)
+    batch: list[bytes] = list(queues)
+    for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            redis.delete(*batch)
+            batch = []
+    if batch:
+        redis.delete(*batch)
+    redis.close()
 
 
 def drive(base: str, token: str, clients: int, seconds: float, warmup: float) -> dict[str, object]:
