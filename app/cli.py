@@ -188,7 +188,9 @@ def _run_stack(procfile: dict[str, str], env: dict[str, str], *, workers: int) -
     manager = Manager(Printer(sys.stdout))
     processes = {name: procfile[name] for name in STACK}
     for proc in expand_processes(processes, concurrency={"worker": workers}):
-        manager.add_process(proc.name, proc.cmd, env={**env, **proc.env}, cwd=str(ROOT))
+        # exec: the signal reaches the program itself and its exit code is the one reported.
+        cmd = f"exec {proc.cmd}"
+        manager.add_process(proc.name, cmd, env={**env, **proc.env}, cwd=str(ROOT))
     manager.loop()
     # Honcho reports 130/143 after SIGINT/SIGTERM and a child's code when one died; a child that
     # exited 0 on its own is still a failure of the stack.
