@@ -14,9 +14,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from app.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ("web", "worker", "relay", "scheduler")
@@ -200,7 +203,7 @@ def _run_stack(procfile: dict[str, str], env: dict[str, str], *, workers: int) -
 # --- HTTP client commands --------------------------------------------------------------------
 
 
-def _client() -> Any:
+def _client() -> Client:
     from app.client import Client
 
     port = os.environ.get("PORT") or "8000"
@@ -219,7 +222,7 @@ def _token() -> str:
     return path.read_text().strip()
 
 
-def _calling(call: Callable[[Any], Any]) -> int:
+def _calling(call: Callable[[Client], Any]) -> int:
     """Run one client call, print its JSON; an HTTP error prints the problem's detail."""
     from app.client import ApiError
 
