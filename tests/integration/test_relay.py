@@ -193,7 +193,7 @@ def test_redis_emptied_streams_are_rebuilt(conn, redis, keys, settings) -> None:
 
 
 def test_main_exits_on_sigterm_semantics(settings, redis, keys) -> None:
-    """run() returns promptly once asked to stop, even while waiting for notifications."""
+    """run() returns promptly once asked to stop, even while idle between polls."""
     stop = threading.Event()
     relay = make_relay(settings, redis, keys)
     thread = threading.Thread(target=relay.run, args=(stop,))

@@ -76,6 +76,3 @@ SELECT last_seq FROM runs WHERE id = %(id)s;
 -- name: relay_try_lock
 -- Held for the life of the relay's session: exactly one relay publishes, standbys keep asking.
 SELECT pg_try_advisory_lock(%(key)s) AS locked;
-
--- name: relay_listen
-LISTEN runlane_events;
