@@ -50,7 +50,8 @@ def make_pool(
         kwargs={"row_factory": dict_row, "autocommit": True},
         name=name,
         open=True,
-        check=ConnectionPool.check_connection,
+        # No check on checkout: it costs a round trip per request. A connection that broke is
+        # discarded when it is returned in a bad state, and the pool reconnects in the background.
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app import db, tasks
 from app.config import Settings
@@ -27,7 +29,7 @@ class Services:
         return cls(
             settings=settings,
             pool=db.make_pool(database_url, max_size=pool_size, name=name),
-            redis=Redis.from_url(redis_url, health_check_interval=30),
+            redis=connect_redis(redis_url),
             keys=Keys(settings.prefix),
             registry=registry,
         )
@@ -35,3 +37,14 @@ class Services:
     def close(self) -> None:
         self.pool.close()
         self.redis.close()
+
+
+def connect_redis(url: str) -> Redis:
+    """A client that fails fast: callers fall back to Postgres rather than wait out long retries."""
+    return Redis.from_url(
+        url,
+        health_check_interval=30,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        retry=Retry(NoBackoff(), 1),
+    )
