@@ -45,7 +45,7 @@ class Settings:
         dev_mode = not tokens_raw
         tokens = parse_tokens(tokens_raw) if tokens_raw else {dev_token(home): DEV_TENANT}
         return cls(
-            port=_int(env, "PORT", 8000),
+            port=_int(env, "PORT", 8000, low=1, high=65535),
             home=home,
             redis_url=env.get("REDIS_URL") or None,
             database_url=env.get("DATABASE_URL") or None,
@@ -53,11 +53,11 @@ class Settings:
             dev_mode=dev_mode,
             task_modules=_csv(env.get("RUNLANE_TASK_MODULES")) or DEFAULT_TASK_MODULES,
             queues=_csv(env.get("RUNLANE_QUEUES")) or ("default",),
-            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 86400),
-            run_retention_days=_int(env, "RUN_RETENTION_DAYS", 7),
-            lease_seconds=float(env.get("RUNLANE_LEASE_SECONDS") or 10.0),
-            heartbeat_seconds=float(env.get("RUNLANE_HEARTBEAT_SECONDS") or 2.0),
-            cancel_grace_seconds=float(env.get("RUNLANE_CANCEL_GRACE_SECONDS") or 5.0),
+            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 86400, low=1),
+            run_retention_days=_int(env, "RUN_RETENTION_DAYS", 7, low=1),
+            lease_seconds=_seconds(env, "RUNLANE_LEASE_SECONDS", 10.0),
+            heartbeat_seconds=_seconds(env, "RUNLANE_HEARTBEAT_SECONDS", 2.0),
+            cancel_grace_seconds=_seconds(env, "RUNLANE_CANCEL_GRACE_SECONDS", 5.0),
             prefix=env.get("RUNLANE_PREFIX") or "runlane",
         )
 
@@ -102,11 +102,29 @@ def _csv(raw: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, low: int = 0, high: int | None = None
+) -> int:
     raw = env.get(name)
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name} must be between {low} and {high or 'any'}, got {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not value > 0:
+        raise ConfigError(f"{name} must be more than 0, got {raw!r}")
+    return value

@@ -96,4 +96,4 @@ def migrate(url: str) -> list[int]:
 def schema_current(conn: psycopg.Connection[Any]) -> bool:
     latest = max(version for version, _, _ in migrations())
     row = conn.execute(q("latest_migration")).fetchone()
-    return bool(row) and row["version"] == latest
+    return row is not None and row["version"] == latest

@@ -4,6 +4,8 @@ embedded ones), a database of its own and a Redis key prefix of its own for ever
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +24,18 @@ TOKENS = {"tok-alpha": "alpha", "tok-beta": "beta"}
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def servers() -> Iterator[tuple[str, str]]:
     redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
-    embedded = EmbeddedServers(tmp_path_factory.mktemp("servers"))
+    # Not under pytest's temp folder: any new pytest session resets that to mode 0700, which locks
+    # out the embedded Postgres (it runs as another user when we are root).
+    folder = Path(tempfile.mkdtemp(prefix="runlane-servers-"))
+    embedded = EmbeddedServers(folder)
     embedded.start(redis=not redis_url, postgres=not database_url)
     try:
         yield redis_url or embedded.redis_url, database_url or embedded.database_url
     finally:
         embedded.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def with_dbname(url: str, dbname: str) -> str:

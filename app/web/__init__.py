@@ -17,7 +17,7 @@ from app.metrics import Metrics
 from app.schemas import MAX_BODY_BYTES
 from app.services import Services
 
-WEB_POOL_SIZE = 40
+WEB_POOL_SIZE = 20  # per web process; embedded Postgres allows 100 connections in all
 MAX_JSON_DEPTH = 200
 M = TypeVar("M", bound=BaseModel)
 

@@ -115,3 +115,20 @@ def test_the_urls_are_required_outside_dev(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         settings.require_urls()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("IDEMPOTENCY_TTL_SECONDS", "-5"),
+        ("RUN_RETENTION_DAYS", "0"),
+        ("RUNLANE_LEASE_SECONDS", "soon"),
+        ("RUNLANE_HEARTBEAT_SECONDS", "0"),
+        ("RUNLANE_CANCEL_GRACE_SECONDS", "-1"),
+    ],
+)
+def test_out_of_range_values_are_config_errors(name: str, value: str, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({"RUNLANE_HOME": str(tmp_path), name: value})
