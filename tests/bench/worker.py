@@ -1,7 +1,12 @@
-"""Worker throughput: stock `rq worker --burst` on plain no-op jobs vs RunlaneWorker on demo.noop
-runs (Postgres + RQ), medians of 3 rounds. Needs REDIS_URL and DATABASE_URL.
+"""`scripts/bench worker`: no-op jobs per second of one worker process, stock RQ beside runlane.
 
-    python -m tests.bench.worker [--jobs N] [--rounds R]
+Each variant is one `rq worker --burst` process draining N jobs queued before it starts; its rate
+is N over the process's wall time minus that of the same command on an empty queue (start-up and
+shut-down), so every variant is timed the same way. Variants:
+- stock `rq worker` (a fork per job) and stock `rq worker -w rq.SimpleWorker` on a plain no-op job;
+- `rq worker -w workers.worker.RunlaneWorker` on demo.noop runs: each is claimed in Postgres, emits
+  run.started and run.succeeded events in the outbox, and ends succeeded.
+Uses REDIS_URL / DATABASE_URL when set, else embedded servers. Prints medians of the rounds.
 """
 
 from __future__ import annotations
@@ -15,93 +20,88 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 from redis import Redis
 from rq import Queue
 
 from app import db, dispatch, runs
-from app.config import Settings
 from app.redis_keys import Keys
-from app.runs import NewRun
+from tests.bench.submit import servers
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def noop() -> None:
-    """The stock RQ job."""
-
-
-def stock_rq(redis_url: str, jobs: int) -> float:
-    redis = Redis.from_url(redis_url)
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, connection=redis)
-    job = Queue.prepare_data("tests.bench.worker.noop", result_ttl=0)
-    queue.enqueue_many([job._replace() for _ in range(jobs)])
+def burst(args: list[str], env: dict[str, str]) -> float:
     began = time.perf_counter()
     subprocess.run(
-        [str(BIN / "rq"), "worker", "--burst", "-q", "--url", redis_url, name],
+        [str(BIN / "rq"), "worker", "--burst", "-q", *args],
         check=True,
-        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
     )
-    return jobs / (time.perf_counter() - began)
+    return time.perf_counter() - began
 
 
-def runlane(redis_url: str, admin_url: str, jobs: int) -> float:
-    """Runs submitted into Postgres + RQ; rate from the first claim to the last success."""
-    name = f"rl_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    try:
-        db.migrate(url)
-        prefix = f"bench{uuid.uuid4().hex[:6]}"
-        new = NewRun("bench", "demo.noop", "default", None, 5, 1, None, None, {}, None)
-        with db.connect(url) as conn:
-            made = [runs.create_run(conn, new)[0] for _ in range(jobs)]
-        dispatch.enqueue(Redis.from_url(redis_url), Keys(prefix), made)
-        env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "RUNLANE_PREFIX": prefix}
-        worker_class = "workers.worker.RunlaneWorker"
-        subprocess.run(
-            [
-                str(BIN / "rq"),
-                "worker",
-                "--burst",
-                "-q",
-                "--worker-class",
-                worker_class,
-                "--url",
-                redis_url,
-            ],
-            check=True,
-            env=env,
-        )
-        with db.connect(url) as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE status = 'succeeded') AS ok,"
-                " extract(epoch FROM max(finished_at) - min(started_at)) AS secs FROM runs"
-            ).fetchone()
-        assert row["ok"] == jobs, row
-        return jobs / float(row["secs"])
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def stock(redis_url: str, jobs: int, worker_class: str | None) -> float:
+    redis = Redis.from_url(redis_url)
+    name = f"bench-stock-{uuid.uuid4().hex[:8]}"
+    args = ["--url", redis_url, name] + (["-w", worker_class] if worker_class else [])
+    idle = burst(args, {})
+    queue = Queue(name, connection=redis)
+    data = Queue.prepare_data("tests.bench.noop.noop", result_ttl=0)
+    for start in range(0, jobs, 1000):
+        queue.enqueue_many([data for _ in range(min(1000, jobs - start))])
+    took = burst(args, {}) - idle
+    queue.delete(delete_jobs=True)
+    return jobs / took
+
+
+def runlane(redis_url: str, database_url: str, jobs: int) -> float:
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "RUNLANE_PREFIX": prefix}
+    args = ["--worker-class", "workers.worker.RunlaneWorker", "--url", redis_url]
+    idle = burst(args, env)
+    new = runs.NewRun("bench", "demo.noop", "default", None, 5, 1, None, None, {}, None)
+    with db.connect(database_url) as conn:
+        conn.execute("TRUNCATE runs, tenant_streams CASCADE")
+        made = [runs.create_run(conn, new)[0] for _ in range(jobs)]
+    redis = Redis.from_url(redis_url)
+    for start in range(0, jobs, 1000):
+        dispatch.enqueue(redis, Keys(prefix), made[start : start + 1000])
+    took = burst(args, env) - idle
+    with db.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) AS n FROM runs WHERE status = 'succeeded'").fetchone()
+    assert row is not None and row["n"] == jobs, f"only {row} of {jobs} runs succeeded"
+    for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        redis.delete(key)
+    return jobs / took
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=5000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs per round for runlane")
+    parser.add_argument("--stock-jobs", type=int, default=1000, help="jobs per round for stock RQ")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    redis_url, admin_url = settings.require_urls()
-    stock = [stock_rq(redis_url, min(args.jobs, 1000)) for _ in range(args.rounds)]
-    ours = [runlane(redis_url, admin_url, args.jobs) for _ in range(args.rounds)]
-    s, o = statistics.median(stock), statistics.median(ours)
-    print(
-        f"stock rq worker (fork per job), no-op:     {s:8.0f} jobs/s  {[round(x) for x in stock]}"
-    )
-    print(f"RunlaneWorker, demo.noop via Postgres+RQ:  {o:8.0f} runs/s  {[round(x) for x in ours]}")
-    print(f"ratio: {o / s:.1f}x")
+    with servers() as (redis_url, database_url):
+        db.migrate(database_url)
+        results = {
+            "stock rq worker (fork per job)": [
+                stock(redis_url, args.stock_jobs, None) for _ in range(args.rounds)
+            ],
+            "stock rq worker -w rq.SimpleWorker": [
+                stock(redis_url, args.stock_jobs, "rq.SimpleWorker") for _ in range(args.rounds)
+            ],
+            "runlane RunlaneWorker (Postgres claim + events)": [
+                runlane(redis_url, database_url, args.jobs) for _ in range(args.rounds)
+            ],
+        }
+    medians = {name: statistics.median(rates) for name, rates in results.items()}
+    for name, rates in results.items():
+        print(f"{name:50s} {medians[name]:7.0f} jobs/s  rounds {[round(r) for r in rates]}")
+    ours = medians["runlane RunlaneWorker (Postgres claim + events)"]
+    for name in list(medians)[:2]:
+        print(f"runlane / {name}: {ours / medians[name]:.1f}x")
     return 0
 
 
