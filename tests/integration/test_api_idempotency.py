@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,6 @@ from tests.conftest import auth
 
 ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
 BODY = {"task": "demo.echo", "input": {"n": 1, "list": [1, 2]}}
-
-
-@pytest.fixture
-def services(settings: Settings, redis: Redis) -> Iterator[Services]:
-    svc = Services.build(settings, pool_size=4)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(services: Services) -> FlaskClient:
-    return create_app(services=services).test_client()
 
 
 def post(client: FlaskClient, key: str, body: Any = BODY, headers: dict[str, str] = ALPHA) -> Any:

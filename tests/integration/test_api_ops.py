@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,23 +18,6 @@ from app.web import create_app
 from tests.conftest import auth
 
 ALPHA = auth("tok-alpha")
-
-
-@pytest.fixture
-def services(settings: Settings, redis: Redis) -> Iterator[Services]:
-    svc = Services.build(settings, pool_size=4)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def app(services: Services) -> Flask:
-    return create_app(services=services)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def test_healthz_and_readyz_need_no_token(client: FlaskClient) -> None:

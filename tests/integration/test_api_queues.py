@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from redis import Redis
 from rq import Queue, Worker
 
 from app import runs
-from app.config import Settings
 from app.services import Services
-from app.web import create_app
 from tests.conftest import auth
 
 ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
-
-
-@pytest.fixture
-def services(settings: Settings, redis: Redis) -> Iterator[Services]:
-    svc = Services.build(settings, pool_size=4)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(services: Services) -> FlaskClient:
-    return create_app(services=services).test_client()
 
 
 def submit(client: FlaskClient, headers: dict[str, str] = ALPHA, **body: Any) -> Any:

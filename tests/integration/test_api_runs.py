@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from redis import Redis
 from rq import Queue
 
 from app import runs, tasks
-from app.config import Settings
 from app.services import Services
-from app.web import create_app
 from tests.conftest import auth
 
 ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
@@ -36,16 +32,10 @@ def registry_with_defaults() -> tasks.Registry:
 
 
 @pytest.fixture
-def services(settings: Settings, redis: Redis) -> Iterator[Services]:
-    svc = Services.build(settings, pool_size=4)
-    svc.registry = registry_with_defaults()
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(services: Services) -> FlaskClient:
-    return create_app(services=services).test_client()
+def services(services: Services) -> Services:
+    """The shared fixture's services, with a task whose defaults the API must apply."""
+    services.registry = registry_with_defaults()
+    return services
 
 
 def submit(client: FlaskClient, headers: dict[str, str] = ALPHA, **body: Any) -> Any:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 
 from app import db
-from tests.conftest import with_dbname
+from tests.conftest import scratch_database
 
 # Everything a schema is made of, per object, as comparable text. Column order is left out on
 # purpose: a later migration can only append columns, while schema.sql may keep them grouped.
@@ -68,13 +67,8 @@ def catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
 @pytest.fixture
 def schema_database_url(servers: tuple[str, str]) -> Iterator[str]:
     """A second empty database, for app/sql/schema.sql."""
-    _, admin_url = servers
-    name = f"rl_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_dbname(admin_url, name)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(servers[1]) as url:
+        yield url
 
 
 def test_migrations_build_exactly_the_schema(
