@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from app import db, runs
-from app.domain import RunStatus
+from app.domain import RunStatus, rfc3339
 
 
 @pytest.fixture
@@ -170,6 +170,16 @@ def test_delayed_runs_are_promoted_only_when_due(conn: psycopg.Connection[Any]) 
     assert [r.id for r in promoted] == [due.id]
     assert runs.get_run(conn, "alpha", later.id).status is RunStatus.DELAYED
     assert event_types(conn, due.id) == ["run.delayed", "run.queued"]
+
+
+def test_delayed_event_names_its_time_in_rfc3339_utc(conn: psycopg.Connection[Any]) -> None:
+    when = _in(60)
+    run, _ = runs.create_run(conn, new_run(delayed=True, scheduled_for=when))
+
+    [event] = runs.list_events(conn, run.id)
+    assert event.type.value == "run.delayed"
+    assert event.data == {"until": rfc3339(run.scheduled_for)}
+    assert event.data["until"].endswith("Z") and run.scheduled_for == when
 
 
 def test_first_stall_requeues_without_spending_an_attempt_second_fails(

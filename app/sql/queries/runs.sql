@@ -18,7 +18,8 @@ WITH r AS (
            CASE WHEN status = 'queued' THEN 'run.queued' ELSE 'run.delayed' END,
            CASE WHEN status = 'queued'
                 THEN jsonb_build_object('queue', queue, 'priority', priority)
-                ELSE jsonb_build_object('until', scheduled_for) END,
+                ELSE jsonb_build_object('until', to_char(scheduled_for AT TIME ZONE 'UTC',
+                                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) END,
            tenant, queue
     FROM r
 )
