@@ -46,6 +46,7 @@ def test_create_then_same_key_returns_the_first_run(conn: psycopg.Connection[Any
     assert (created, created_again) == (True, False)
     assert again.id == first.id
     assert first.status is RunStatus.QUEUED and first.last_seq == 1
+    assert first.scheduled_for == first.created_at
     assert event_types(conn, first.id) == ["run.queued"]
 
 
