@@ -34,6 +34,7 @@ MAX_BATCH = 128
 BATCH_BUDGET_S = 0.005  # a batch's expected task time: the longest a claimed run waits in hand
 SHUTDOWN_GRACE_S = 4.0  # under honcho's 5 s between SIGTERM and SIGKILL
 IDLE_WAIT_S = 1.0  # a blocking pop wakes this often to notice a stop request
+LIVENESS_TTL_S = 15  # RQ's worker key expires this long after the last heartbeat
 
 
 class RunlaneWorker(SimpleWorker):
@@ -168,7 +169,9 @@ class RunlaneWorker(SimpleWorker):
         self._stop_requested = True
 
     def _heartbeat(self) -> None:
-        self.heartbeat(timeout=int(max(30, self.worker_ttl)))
+        # A short expiry (the monitor beats every 5 s) so that a killed worker leaves
+        # rq.Worker.all, and so GET /v1/queues' live worker counts, within seconds, not RQ's 8 min.
+        self.heartbeat(timeout=LIVENESS_TTL_S)
 
     # -- signals ----------------------------------------------------------------------------
 

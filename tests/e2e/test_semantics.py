@@ -106,3 +106,17 @@ def test_sigterm_lets_the_attempt_finish(stack: Stack):
     stack.signal(worker, signal.SIGTERM)
     assert worker.wait(10) == 0
     assert get_run(stack, run["id"])["status"] == "succeeded"
+
+
+def test_a_killed_worker_leaves_the_live_worker_count(stack: Stack):
+    def workers() -> int:
+        response = requests.get(f"{stack.base}/v1/queues", headers=auth(), timeout=10)
+        # a queue with no runs of this tenant is listed only while a worker serves it
+        return sum(q["workers"] for q in response.json()["items"] if q["name"] == "default")
+
+    wait_for(lambda: workers() == 1, 15, message="the worker to register")
+    stack.kill("worker")
+    killed = time.monotonic()
+
+    wait_for(lambda: workers() == 0, 25, interval=0.5, message="the dead worker to expire")
+    print(f"\na SIGKILLed worker left GET /v1/queues {time.monotonic() - killed:.1f}s after")
