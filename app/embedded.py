@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _wait_gone(pid: int, timeout: float) -> None:
         _wait_until(gone, timeout, "process did not exit")
 
 
-def _wait_until(check, timeout: float, message: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_until(check: Callable[[], bool], timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

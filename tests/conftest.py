@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,7 +134,9 @@ def stack_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def stack_factory(settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[callable]:
+def stack_factory(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> Iterator[Callable[..., Stack]]:
     """Builds a Stack of Procfile processes on this test's database and prefix; stops it after."""
     stacks: list[Stack] = []
 
@@ -151,7 +153,7 @@ def stack_factory(settings: Settings, redis: Redis, tmp_path: Path) -> Iterator[
 
 
 @pytest.fixture
-def stack(stack_factory) -> Stack:  # type: ignore[no-untyped-def]
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
     """The whole stack running: release, web, one worker, relay, scheduler."""
     return stack_factory().start_all()
 
