@@ -34,6 +34,8 @@ class Settings:
     heartbeat_seconds: float = 2.0
     # How long a running attempt may ignore a cancel request before it is stopped hard.
     cancel_grace_seconds: float = 5.0
+    # Attempts one worker process runs at once; above 1 they run in threads (I/O-bound tasks).
+    worker_concurrency: int = 1
     # Redis key prefix: lets several stacks (or tests) share one Redis database.
     prefix: str = "runlane"
 
@@ -58,6 +60,7 @@ class Settings:
             lease_seconds=_seconds(env, "RUNLANE_LEASE_SECONDS", 10.0),
             heartbeat_seconds=_seconds(env, "RUNLANE_HEARTBEAT_SECONDS", 2.0),
             cancel_grace_seconds=_seconds(env, "RUNLANE_CANCEL_GRACE_SECONDS", 5.0),
+            worker_concurrency=_int(env, "RUNLANE_WORKER_CONCURRENCY", 1, low=1, high=1000),
             prefix=env.get("RUNLANE_PREFIX") or "runlane",
         )
 

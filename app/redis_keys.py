@@ -39,6 +39,11 @@ class Keys:
         """A stream a web process's stream reader also blocks on, so new tails wake it at once."""
         return f"{self.prefix}:wake:{listener}"
 
+    def worker_wake(self, worker: str) -> str:
+        """A list a concurrent worker blocks on beside its queues: its threads push to it as they
+        finish an attempt, so that the outcome is recorded at once."""
+        return f"{self.prefix}:worker-wake:{worker}"
+
     @property
     def dispatch_sentinel(self) -> str:
         """Set by the scheduler; its absence means Redis lost its queues: re-dispatch them all."""

@@ -29,3 +29,14 @@ def chatty(ctx: Context, input: Any) -> dict[str, Any]:
 def unserializable(ctx: Context, input: Any) -> Any:
     """Returns something JSON cannot hold."""
     return {"when": object()}
+
+
+@task("tests.reporter")
+def reporter(ctx: Context, input: Any) -> dict[str, Any]:
+    """Reports progress without pause for `seconds`: stops must land between its reports."""
+    deadline = time.monotonic() + float(input.get("seconds", 30))
+    count = 0
+    while time.monotonic() < deadline:
+        count += 1
+        ctx.progress(count % 100, f"report {count}")
+    return {"reports": count}

@@ -27,6 +27,7 @@ from workers.context import (
     AttemptCancelled,
     AttemptContext,
     AttemptTimedOut,
+    ThreadedAttempt,
     WorkerShutdown,
 )
 
@@ -43,6 +44,8 @@ class Outcome:
 
 class Executor:
     """Runs attempts in the calling (main) thread, on one persistent Postgres connection."""
+
+    attempt_type: type[Attempt] = Attempt
 
     def __init__(self, services: Services, worker: str) -> None:
         self.services = services
@@ -65,7 +68,7 @@ class Executor:
         changes += [runs.claim_change(i, worker=self.worker, lease_s=lease) for i in claim_ids]
         done = self._group_commit(changes)
         self._after(outcomes, done[: len(outcomes)])
-        claimed = [Attempt(run) for run in done[len(outcomes) :] if run is not None]
+        claimed = [self.attempt_type(run) for run in done[len(outcomes) :] if run is not None]
         for attempt in claimed:
             self.in_hand[attempt.run.id] = attempt
         return claimed
@@ -79,20 +82,27 @@ class Executor:
             return Outcome(run, runs.fail_change(run, error))
         if attempt.cancel.is_set():
             return Outcome(run, runs.cancel_change(run))
-        self.current = attempt
-        try:
-            return self._call(attempt, task)
-        finally:
-            self.current = None
+        return self._watched(attempt, task)
+
+    def in_flight(self) -> list[Attempt]:
+        """The attempts whose tasks are running now."""
+        current = self.current
+        return [current] if current is not None else []
 
     def release(self, attempt: Attempt) -> Outcome:
         return Outcome(attempt.run, runs.release_change(attempt.run))
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
         """A task's progress or log line, committed with its event at once; True if cancelled."""
-        if kind == "progress":
-            return runs.record_progress(self.conn, run, data["percent"], data["message"])
-        return runs.record_log(self.conn, run, data["message"], data["level"])
+        return _report(self.conn, run, kind, data)
+
+    def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
+        """The task called where the monitor and the stop signals can see it."""
+        self.current = attempt
+        try:
+            return self._call(attempt, task)
+        finally:
+            self.current = None
 
     def _call(self, attempt: Attempt, task: TaskDef) -> Outcome:
         run = attempt.run
@@ -162,6 +172,40 @@ class Executor:
             self._group_commit(cancels)
         if queued:
             dispatch.enqueue(self.services.redis, self.services.keys, queued)
+
+
+class ThreadedExecutor(Executor):
+    """Runs attempts in worker threads (RUNLANE_WORKER_CONCURRENCY > 1). Claims and outcomes
+    stay on the main thread's connection and group commit; a task's progress and log lines use
+    a pooled connection of their own. Its monitor enforces timeouts (no SIGALRM in threads)."""
+
+    attempt_type = ThreadedAttempt
+
+    def __init__(self, services: Services, worker: str) -> None:
+        super().__init__(services, worker)
+        self.running: dict[str, ThreadedAttempt] = {}
+
+    def in_flight(self) -> list[Attempt]:
+        return list(self.running.values())
+
+    def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
+        with self.services.pool.connection() as conn:
+            return _report(conn, run, kind, data)
+
+    def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
+        assert isinstance(attempt, ThreadedAttempt)
+        attempt.timeout = attempt.run.timeout_s or task.timeout_s
+        self.running[attempt.run.id] = attempt
+        try:
+            return self._call(attempt, task)
+        finally:
+            self.running.pop(attempt.run.id, None)
+
+
+def _report(conn: runs.Conn, run: Run, kind: str, data: dict[str, Any]) -> bool:
+    if kind == "progress":
+        return runs.record_progress(conn, run, data["percent"], data["message"])
+    return runs.record_log(conn, run, data["message"], data["level"])
 
 
 class _Timer:

@@ -1,9 +1,10 @@
 """The watchdog thread of a worker process: leases, cancel requests and hard stops.
 
 It keeps the Postgres leases of the attempts in hand alive (so a slow but alive attempt is never
-declared stalled), notices cancel requests (a cheap Redis EXISTS every 0.2 s for the attempt in
+declared stalled), notices cancel requests (a cheap Redis EXISTS every 0.2 s for each attempt in
 flight; the lease renewal reports them too, so a lost Redis key still cancels), and stops an
-attempt hard when its cancel grace or the worker's shutdown grace is over.
+attempt hard when its cancel grace or the worker's shutdown grace is over (or, for attempts in
+threads, its timeout).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from collections.abc import Callable
 
 from app import runs
 from app.services import Services
-from workers.context import Attempt, AttemptCancelled, WorkerShutdown
-from workers.execute import Executor
+from workers.context import (
+    Attempt,
+    AttemptCancelled,
+    AttemptTimedOut,
+    ThreadedAttempt,
+    WorkerShutdown,
+)
+from workers.execute import Executor, ThreadedExecutor
 
 log = logging.getLogger("runlane.monitor")
 
@@ -58,15 +65,17 @@ class Monitor(threading.Thread):
         if attempt is not None and now >= self._next_cancel_poll:
             self._next_cancel_poll = now + CANCEL_POLL_S
             self._poll_cancel(attempt)
-        settings = self.services.settings
+        self._keep_alive(now)
+        if attempt is not None:
+            self._hard_stop(attempt, now)
+
+    def _keep_alive(self, now: float) -> None:
         if now >= self._next_lease:
-            self._next_lease = now + settings.heartbeat_seconds
+            self._next_lease = now + self.services.settings.heartbeat_seconds
             self._renew_leases()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + 5.0
             self.heartbeat()
-        if attempt is not None:
-            self._hard_stop(attempt, now)
 
     def _poll_cancel(self, attempt: Attempt) -> None:
         if attempt.cancel.is_set():
@@ -97,3 +106,36 @@ class Monitor(threading.Thread):
         if attempt.stop is not None and self.executor.signals and self._main is not None:
             # repeated each tick: a task that swallows the stop gets it again
             signal.pthread_kill(self._main, STOP_SIGNAL)
+
+
+class ThreadedMonitor(Monitor):
+    """The monitor of a worker running attempts in threads: it watches every attempt in flight,
+    polls their cancel keys in one round trip, and raises timeouts and hard stops in their
+    threads (signals only ever reach the main thread)."""
+
+    executor: ThreadedExecutor
+
+    def tick(self, now: float) -> None:
+        running = list(self.executor.running.values())
+        if running and now >= self._next_cancel_poll:
+            self._next_cancel_poll = now + CANCEL_POLL_S
+            self._poll_cancels(running)
+        self._keep_alive(now)
+        for attempt in running:
+            started = attempt.started_at
+            if attempt.timeout and started is not None and now - started >= attempt.timeout:
+                attempt.request_stop(AttemptTimedOut)
+            self._hard_stop(attempt, now)
+            attempt.interrupt()  # repeated each tick: it waits out the task's shielded calls
+
+    def _poll_cancels(self, running: list[ThreadedAttempt]) -> None:
+        watched = [a for a in running if not a.cancel.is_set()]
+        if not watched:
+            return
+        with self.services.redis.pipeline(transaction=False) as pipe:
+            for attempt in watched:
+                pipe.exists(self.services.keys.cancel(attempt.run.id))
+            found = pipe.execute()
+        for attempt, exists in zip(watched, found, strict=True):
+            if exists:
+                attempt.notice_cancel()

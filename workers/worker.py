@@ -4,6 +4,7 @@ It keeps RQ's worker registration, heartbeat and commands, and replaces RQ's per
 fork, no job hash reads, no registries or results. Run ids are popped from the priority lists of
 the runlane queues in batches, claimed and recorded in Postgres with one group commit per batch.
 The batch grows only while tasks are fast, so a slow task never holds others back.
+With RUNLANE_WORKER_CONCURRENCY > 1, attempts run in threads instead (workers.concurrent).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from app import logs
 from app.config import Settings
 from app.redis_keys import POP_RUN_IDS, Keys
 from app.services import Services
+from workers.concurrent import ConcurrentLoop, idle_too_long
 from workers.context import AttemptTimedOut, WorkerShutdown
-from workers.execute import Executor, Outcome
-from workers.monitor import STOP_SIGNAL, Monitor
+from workers.execute import Executor, Outcome, ThreadedExecutor
+from workers.monitor import STOP_SIGNAL, Monitor, ThreadedMonitor
 
 log = logging.getLogger("runlane.worker")
 
@@ -75,6 +77,8 @@ class RunlaneWorker(SimpleWorker):
         if not logging.getLogger().handlers:
             logs.configure()
         self.bootstrap(logging_level or "INFO", date_format, log_format)
+        if self.settings.worker_concurrency > 1:
+            return self._work_concurrently(burst, max_jobs, max_idle_time)
         services = self._services = Services.build(self.settings, pool_size=3, name="worker")
         executor = self._executor = Executor(services, self.name)
         self._install_signal_handlers()
@@ -84,11 +88,34 @@ class RunlaneWorker(SimpleWorker):
         try:
             return self._loop(burst, max_jobs, max_idle_time) > 0
         finally:
-            monitor.stop()
-            executor.close()
-            services.close()
-            self.teardown()
-            self._restore_signal_handlers()
+            self._close()
+
+    def _work_concurrently(
+        self, burst: bool, max_jobs: int | None, max_idle_time: int | None
+    ) -> bool:
+        """Attempts in threads: timeouts and hard stops come from the monitor, not signals."""
+        size = self.settings.worker_concurrency
+        # threads take a pooled connection only for a moment (progress and log lines)
+        services = Services.build(self.settings, pool_size=3 + min(size, 10), name="worker")
+        self._services = services
+        executor = self._executor = ThreadedExecutor(services, self.name)
+        self._install_signal_handlers()
+        monitor = self._monitor = ThreadedMonitor(executor, services, self._heartbeat)
+        monitor.start()
+        try:
+            return ConcurrentLoop(self, executor, size).run(burst, max_jobs, max_idle_time) > 0
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+        if self._executor is not None:
+            self._executor.close()
+        if self._services is not None:
+            self._services.close()
+        self.teardown()
+        self._restore_signal_handlers()
 
     def _loop(self, burst: bool, max_jobs: int | None, max_idle_time: int | None) -> int:
         executor = self._executor
@@ -100,7 +127,7 @@ class RunlaneWorker(SimpleWorker):
             ids = self._pop(self._batch)
             if not ids:
                 outcomes = self._flush(outcomes)
-                if burst or _idle_too_long(idle_since, max_idle_time):
+                if burst or idle_too_long(idle_since, max_idle_time):
                     break
                 ids = self._blocking_pop()
                 if not ids:
@@ -218,18 +245,14 @@ class RunlaneWorker(SimpleWorker):
         attempt.raise_if_stopped()
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """No horse: RQ's kill-horse command hands the attempt in flight back instead."""
-        if self._executor is not None and self._executor.current is not None:
-            self._executor.current.request_stop(WorkerShutdown)
+        """No horse: RQ's kill-horse command hands the attempts in flight back instead."""
+        for attempt in self._executor.in_flight() if self._executor is not None else []:
+            attempt.request_stop(WorkerShutdown)
 
 
 def _names(queues: Sequence[str | Queue] | str | Queue) -> list[str]:
     items = [queues] if isinstance(queues, str | Queue) else list(queues)
     return [q.name if isinstance(q, Queue) else str(q) for q in items]
-
-
-def _idle_too_long(since: float, max_idle_time: int | None) -> bool:
-    return max_idle_time is not None and time.monotonic() - since >= max_idle_time
 
 
 def _in_main_thread() -> bool:

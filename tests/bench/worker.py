@@ -5,7 +5,9 @@ is N over the process's wall time minus that of the same command on an empty que
 shut-down), so every variant is timed the same way. Variants:
 - stock `rq worker` (a fork per job) and stock `rq worker -w rq.SimpleWorker` on a plain no-op job;
 - `rq worker -w workers.worker.RunlaneWorker` on demo.noop runs: each is claimed in Postgres, emits
-  run.started and run.succeeded events in the outbox, and ends succeeded.
+  run.started and run.succeeded events in the outbox, and ends succeeded;
+- I/O-bound, printed apart: RunlaneWorker on demo.sleep runs of 0.05 s, one attempt at a time
+  beside RUNLANE_WORKER_CONCURRENCY=50 (attempts in threads).
 Uses REDIS_URL / DATABASE_URL when set, else embedded servers. Prints medians of the rounds.
 """
 
@@ -19,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from rq import Queue
@@ -56,12 +59,21 @@ def stock(redis_url: str, jobs: int, worker_class: str | None) -> float:
     return jobs / took
 
 
-def runlane(redis_url: str, database_url: str, jobs: int) -> float:
+def runlane(
+    redis_url: str,
+    database_url: str,
+    jobs: int,
+    task: str = "demo.noop",
+    input: Any = None,
+    concurrency: int = 1,
+) -> float:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "RUNLANE_PREFIX": prefix}
+    if concurrency > 1:
+        env["RUNLANE_WORKER_CONCURRENCY"] = str(concurrency)
     args = ["--worker-class", "workers.worker.RunlaneWorker", "--url", redis_url]
     idle = burst(args, env)
-    new = runs.NewRun("bench", "demo.noop", "default", None, 5, 1, None, None, {}, None)
+    new = runs.NewRun("bench", task, "default", input, 5, 1, None, None, {}, None)
     with db.connect(database_url) as conn:
         conn.execute("TRUNCATE runs, tenant_streams CASCADE")
         made = [runs.create_run(conn, new)[0] for _ in range(jobs)]
@@ -82,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per round for runlane")
     parser.add_argument("--stock-jobs", type=int, default=1000, help="jobs per round for stock RQ")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--io-jobs", type=int, default=1000, help="demo.sleep jobs, concurrency 50")
     args = parser.parse_args(argv)
     with servers() as (redis_url, database_url):
         db.migrate(database_url)
@@ -96,13 +109,38 @@ def main(argv: list[str] | None = None) -> int:
                 runlane(redis_url, database_url, args.jobs) for _ in range(args.rounds)
             ],
         }
+        io = io_bound(redis_url, database_url, args.io_jobs, args.rounds)
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     for name, rates in results.items():
         print(f"{name:50s} {medians[name]:7.0f} jobs/s  rounds {[round(r) for r in rates]}")
     ours = medians["runlane RunlaneWorker (Postgres claim + events)"]
     for name in list(medians)[:2]:
         print(f"runlane / {name}: {ours / medians[name]:.1f}x")
+    print_io(io)
     return 0
+
+
+IO_SLEEP = {"seconds": 0.05}
+IO_CONCURRENCY = (1, 50)
+
+
+def io_bound(redis_url: str, database_url: str, jobs: int, rounds: int) -> dict[int, list[float]]:
+    """demo.sleep 0.05 s runs: jobs/s of one RunlaneWorker process per concurrency."""
+    rates: dict[int, list[float]] = {}
+    for n in IO_CONCURRENCY:
+        count = max(20, jobs * n // max(IO_CONCURRENCY))  # about the same seconds per variant
+        args = (redis_url, database_url, count, "demo.sleep", IO_SLEEP, n)
+        rates[n] = [runlane(*args) for _ in range(rounds)]
+    return rates
+
+
+def print_io(rates: dict[int, list[float]]) -> None:
+    medians = {n: statistics.median(r) for n, r in rates.items()}
+    for n, r in rates.items():
+        name = f"I/O-bound demo.sleep 0.05 s, concurrency {n}"
+        print(f"{name:50s} {medians[n]:7.0f} jobs/s  rounds {[round(x, 1) for x in r]}")
+    low, high = min(medians), max(medians)
+    print(f"I/O-bound concurrency {high} / concurrency {low}: {medians[high] / medians[low]:.1f}x")
 
 
 if __name__ == "__main__":

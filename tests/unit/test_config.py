@@ -20,6 +20,7 @@ def test_defaults_are_the_contract_table(tmp_path: Path) -> None:
     assert settings.idempotency_ttl_seconds == 86400
     assert settings.run_retention_days == 7
     assert settings.prefix == "runlane"
+    assert settings.worker_concurrency == 1
 
 
 def test_home_defaults_to_dot_runlane_made_absolute(
@@ -71,6 +72,7 @@ def test_values_are_read(tmp_path: Path) -> None:
             "RUNLANE_QUEUES": "emails,default",
             "IDEMPOTENCY_TTL_SECONDS": "60",
             "RUN_RETENTION_DAYS": "30",
+            "RUNLANE_WORKER_CONCURRENCY": "50",
         }
     )
 
@@ -80,6 +82,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert settings.queues == ("emails", "default")
     assert settings.idempotency_ttl_seconds == 60
     assert settings.run_retention_days == 30
+    assert settings.worker_concurrency == 50
 
 
 def test_empty_values_mean_the_default(tmp_path: Path) -> None:
@@ -127,6 +130,8 @@ def test_the_urls_are_required_outside_dev(tmp_path: Path) -> None:
         ("RUNLANE_LEASE_SECONDS", "soon"),
         ("RUNLANE_HEARTBEAT_SECONDS", "0"),
         ("RUNLANE_CANCEL_GRACE_SECONDS", "-1"),
+        ("RUNLANE_WORKER_CONCURRENCY", "0"),
+        ("RUNLANE_WORKER_CONCURRENCY", "1001"),
     ],
 )
 def test_out_of_range_values_are_config_errors(name: str, value: str, tmp_path) -> None:
