@@ -7,12 +7,14 @@ running from an earlier start of the same folder is reused rather than started t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +33,14 @@ class EmbeddedServers:
 
     def start(self, *, redis: bool = True, postgres: bool = True) -> EmbeddedServers:
         self.home.mkdir(parents=True, exist_ok=True)
-        if redis:
-            self.redis_url = self._start_redis()
-        if postgres:
-            self.database_url = self._start_postgres()
+        try:
+            if redis:
+                self.redis_url = self._start_redis()
+            if postgres:
+                self.database_url = self._start_postgres()
+        except BaseException:
+            self.stop()  # a half-started stack would leave its Redis running with nobody to stop it
+            raise
         return self
 
     def stop(self) -> None:
@@ -89,13 +95,27 @@ class EmbeddedServers:
     def _start_postgres(self) -> str:
         import pgserver
 
-        server = pgserver.get_server(self.home / "pg", cleanup_mode=None)
+        # As root, pgserver first creates a system user to run Postgres as, outside its own lock:
+        # two processes starting their first servers at once (pytest-xdist workers on a new
+        # machine) race in `useradd` and one fails. One start at a time per machine avoids it.
+        with _machine_lock("runlane-pgserver-start.lock"):
+            server = pgserver.get_server(self.home / "pg", cleanup_mode=None)
         self._pg_pid = server.get_pid()
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
             if exists.fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{DATABASE}"')
         return server.get_uri(database=DATABASE)
+
+
+@contextlib.contextmanager
+def _machine_lock(name: str) -> Iterator[None]:
+    with open(Path(tempfile.gettempdir()) / name, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def free_port() -> int:
