@@ -47,7 +47,8 @@ def make_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"row_factory": dict_row, "autocommit": True},
+        # application_name: pg_stat_activity tells which process holds which connection
+        kwargs={"row_factory": dict_row, "autocommit": True, "application_name": name},
         name=name,
         open=True,
         # No check on checkout: it costs a round trip per request. A connection that broke is

@@ -36,6 +36,9 @@ keepalive = 5
 accesslog = "-" if os.environ.get("RUNLANE_ACCESS_LOG") else None
 errorlog = "-"
 proc_name = "runlane-web"
+# Gunicorn 23+ opens a control socket at one fixed path in $HOME; several web processes on one
+# machine (scaling out, parallel tests) would take it from each other. runlane does not use it.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:

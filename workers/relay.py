@@ -84,7 +84,7 @@ class Relay:
     def _serve(self, stop: threading.Event) -> None:
         # The lock lives as long as this session, so a relay that dies (or loses its connection)
         # lets a standby take over at its next try.
-        with db.connect(self.database_url) as conn:
+        with db.connect(self.database_url, application_name="runlane-relay") as conn:
             while not try_lock(conn):
                 if stop.wait(STANDBY_SECONDS):
                     return
@@ -158,7 +158,7 @@ class Marker:
     overlaps taking and publishing the next (ordering needs only the XADDs to be in sequence)."""
 
     def __init__(self, database_url: str) -> None:
-        self.conn = db.connect(database_url)
+        self.conn = db.connect(database_url, application_name="runlane-relay-marker")
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="relay-marker")
         self.pending: list[int] = []
         self._future: Future[None] | None = None

@@ -41,7 +41,7 @@ def main(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    services = Services.build(settings, pool_size=2, name="scheduler")
+    services = Services.build(settings, pool_size=2, name="runlane-scheduler")
     scheduler = Scheduler(services)
     log.info("scheduler.started")
     try:

@@ -79,7 +79,9 @@ class RunlaneWorker(SimpleWorker):
         self.bootstrap(logging_level or "INFO", date_format, log_format)
         if self.settings.worker_concurrency > 1:
             return self._work_concurrently(burst, max_jobs, max_idle_time)
-        services = self._services = Services.build(self.settings, pool_size=3, name="worker")
+        services = self._services = Services.build(
+            self.settings, pool_size=3, name="runlane-worker"
+        )
         executor = self._executor = Executor(services, self.name)
         self._install_signal_handlers()
         executor.signals = _in_main_thread()
@@ -96,7 +98,7 @@ class RunlaneWorker(SimpleWorker):
         """Attempts in threads: timeouts and hard stops come from the monitor, not signals."""
         size = self.settings.worker_concurrency
         # threads take a pooled connection only for a moment (progress and log lines)
-        services = Services.build(self.settings, pool_size=3 + min(size, 10), name="worker")
+        services = Services.build(self.settings, pool_size=3 + min(size, 10), name="runlane-worker")
         self._services = services
         executor = self._executor = ThreadedExecutor(services, self.name)
         self._install_signal_handlers()

@@ -18,7 +18,15 @@ from app.domain import Run, RunStatus
 from app.errors import ApiError
 from app.idempotency import Claim
 from app.schemas import EventListQuery, RunCreate, RunListQuery
-from app.web import idempotency_store, metrics, query_args, read_json, services, validate
+from app.web import (
+    idempotency_store,
+    metrics,
+    query_args,
+    read_json,
+    services,
+    tails,
+    validate,
+)
 
 CANCEL_FLAG_TTL_S = 24 * 3600
 log = logs.get("runlane.web")
@@ -97,7 +105,7 @@ def list_events(run_id: str) -> Any:
         run = runs.get_run(conn, tenant(), run_id)
         events = [] if sse else runs.list_events(conn, run.id, after=query.after, limit=query.limit)
     if sse:  # outside the `with`: a stream must not hold a pooled connection for its whole life
-        return _event_stream(run, max(query.after, _last_event_id()))
+        return tails.sse_response(run, max(query.after, _last_event_id()))
     return {"items": [event.to_json() for event in events]}
 
 
@@ -249,15 +257,6 @@ def _last_event_id() -> int:
     if not raw.strip().isdigit() or len(raw.strip()) > 10:
         raise _bad_query("Last-Event-ID", "must be a non-negative integer (an event's seq)")
     return int(raw.strip())
-
-
-def _event_stream(run: Run, after: int) -> Response:
-    from app.web import tails
-
-    sse_response = getattr(tails, "sse_response", None)
-    if sse_response is None:
-        raise ApiError(406, "event streams are not available yet", slug="not-acceptable")
-    return sse_response(run, after)  # type: ignore[no-any-return]
 
 
 def _bad_query(field: str, message: str) -> ApiError:
