@@ -269,6 +269,14 @@ def cmd_queues(args: argparse.Namespace) -> int:
     return _calling(lambda c: c.queues())
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _calling(lambda c: c.pause(args.queue))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _calling(lambda c: c.resume(args.queue))
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     """Exits 0 when the run succeeded, 1 when it failed or was cancelled, so scripts can wait on
     a run with it."""
@@ -315,6 +323,11 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("run_id", metavar="RUN_ID")
     tail.add_argument("--after", type=int, default=0, help="start after this event seq")
     command("queues", cmd_queues, "list queues with their counts")
+    for name, func, help in (
+        ("pause", cmd_pause, "hold your runs in a queue (running attempts finish)"),
+        ("resume", cmd_resume, "let a paused queue's runs start again"),
+    ):
+        command(name, func, help).add_argument("queue", metavar="QUEUE")
     return parser
 
 

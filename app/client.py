@@ -69,6 +69,13 @@ class Client:
     def queues(self) -> dict[str, Any]:
         return self._call("GET", "/v1/queues")
 
+    def pause(self, queue: str) -> dict[str, Any]:
+        """Holds this tenant's runs in `queue` (running attempts finish) until resume."""
+        return self._call("POST", f"/v1/queues/{_quote(queue)}/pause")
+
+    def resume(self, queue: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/queues/{_quote(queue)}/resume")
+
     # --- the live tail -------------------------------------------------------------------------
 
     def tail(

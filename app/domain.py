@@ -74,6 +74,7 @@ class Run:
     backoff: dict[str, Any] | None = None
     timeout_s: float | None = None
     request_fingerprint: str | None = None
+    attempt_base: int = 0  # attempts before the current budget (a manual retry starts one)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Run:
@@ -100,7 +101,13 @@ class Run:
             backoff=row.get("backoff"),
             timeout_s=row.get("timeout_s"),
             request_fingerprint=row.get("request_fingerprint"),
+            attempt_base=row.get("attempt_base", 0),
         )
+
+    @property
+    def budget_attempt(self) -> int:
+        """Which attempt of the current budget this is (1 = the first)."""
+        return self.attempt - self.attempt_base
 
     def to_json(self) -> dict[str, Any]:
         """The run as the contract shows it to clients."""

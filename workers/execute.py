@@ -127,10 +127,11 @@ class Executor:
         return Outcome(run, runs.finish_change(run, result))
 
     def _failed(self, run: Run, task: TaskDef, error: dict[str, str]) -> Outcome:
-        if run.attempt >= run.max_attempts:
+        if run.budget_attempt >= run.max_attempts:
             return Outcome(run, runs.fail_change(run, error))
         policy = run.backoff if run.backoff is not None else task.backoff
-        return Outcome(run, runs.retry_change(run, error, backoff.delay_ms(policy, run.attempt)))
+        delay = backoff.delay_ms(policy, run.budget_attempt)
+        return Outcome(run, runs.retry_change(run, error, delay))
 
     def _timer(self, timeout: float | None) -> _Timer:
         return _Timer(timeout if self.signals else None)

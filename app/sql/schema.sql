@@ -10,6 +10,8 @@ CREATE TABLE runs (
     result              jsonb,
     error               jsonb,
     attempt             integer NOT NULL DEFAULT 0,
+    -- attempts started before the current budget of max_attempts (a manual retry starts one)
+    attempt_base        integer NOT NULL DEFAULT 0,
     max_attempts        integer NOT NULL DEFAULT 1,
     backoff             jsonb,
     timeout_s           double precision,

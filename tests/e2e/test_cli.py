@@ -84,6 +84,13 @@ def test_queues_lists_the_callers_queues(stack: Stack) -> None:
     assert default["counts"]["succeeded"] >= 1
 
 
+def test_pause_then_resume_a_queue(stack: Stack) -> None:
+    assert ok_json(runlane(stack, "pause", "reports"))["paused"] is True
+    paused = ok_json(runlane(stack, "queues"))["items"]
+    assert any(q["name"] == "reports" and q["paused"] for q in paused)
+    assert ok_json(runlane(stack, "resume", "reports"))["paused"] is False
+
+
 def test_tail_prints_every_event_until_the_run_ends(stack: Stack) -> None:
     run = ok_json(
         runlane(stack, "submit", "demo.progress", "--input", '{"steps": 3, "interval_ms": 50}')

@@ -292,7 +292,7 @@ def test_retry_only_failed_or_cancelled(client: FlaskClient, services: Services)
     retried = client.post(f"/v1/runs/{run['id']}/retry", headers=ALPHA)
     assert retried.status_code == 200
     body = retried.get_json()
-    assert (body["status"], body["attempt"], body["error"]) == ("queued", 0, None)
+    assert (body["status"], body["attempt"], body["error"]) == ("queued", 1, None)
     assert rq_job_ids(services) == [run["id"]]
 
     client.post(f"/v1/runs/{run['id']}/cancel", headers=ALPHA)

@@ -77,6 +77,25 @@ def test_exhausted_attempts_fail_with_the_last_error(services, test_settings, re
     assert types(services, run.id)[-1] == "run.failed"
 
 
+def test_a_manual_retry_gives_a_fresh_budget_and_keeps_counting(services, test_settings, redis):
+    backoff = {"type": "exponential", "delay_ms": 100}
+    run = submit(services, "demo.fail", {"times": 3}, max_attempts=2, backoff=backoff)
+    with SchedulerThread(services):
+        work_until(test_settings, redis, terminal(services, run.id))
+    assert load(services, run.id).attempt == 2
+    with services.pool.connection() as conn:
+        retried = runs.retry_run(conn, TENANT, run.id)
+    dispatch.enqueue(services.redis, services.keys, [retried])
+    with SchedulerThread(services):
+        work_until(test_settings, redis, terminal(services, run.id))
+    done = load(services, run.id)
+    # attempt 3 failed, attempt 4 (the second of the new budget of 2) passed demo.fail's 3
+    assert done.status is RunStatus.SUCCEEDED and done.result == {"attempt": 4}
+    retrying = [e.data for e in events(services, run.id) if e.type.value == "run.retrying"]
+    # the new budget's backoff starts again from its first attempt: d * 2^0
+    assert [(r["attempt"], r["delay_ms"]) for r in retrying] == [(1, 100), (3, 100)]
+
+
 def test_unrecoverable_fails_at_once(services, test_settings, redis):
     run = submit(services, "demo.fail", {"times": 5, "unrecoverable": True}, max_attempts=5)
     work(test_settings, redis)

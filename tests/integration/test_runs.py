@@ -160,7 +160,9 @@ def test_manual_retry_only_from_failed_or_cancelled(conn: psycopg.Connection[Any
     runs.fail_attempt(conn, attempt, {"type": "E", "message": "boom"})
 
     again = runs.retry_run(conn, "alpha", run.id)
-    assert again.status is RunStatus.QUEUED and again.attempt == 0 and again.error is None
+    assert again.status is RunStatus.QUEUED and again.error is None
+    # attempts go on being counted; the fresh budget starts after the one already spent
+    assert (again.attempt, again.attempt_base, again.budget_attempt) == (1, 1, 0)
 
 
 def test_delayed_runs_are_promoted_only_when_due(conn: psycopg.Connection[Any]) -> None:

@@ -196,7 +196,9 @@ SELECT * FROM r;
 
 -- name: retry_run
 WITH r AS (
-    UPDATE runs SET status = 'queued', attempt = 0, stalls = 0, error = NULL, result = NULL,
+    -- a fresh budget of max_attempts; `attempt` goes on counting every attempt started
+    UPDATE runs SET status = 'queued', attempt_base = attempt, stalls = 0, error = NULL,
+                    result = NULL,
                     progress = NULL, finished_at = NULL, started_at = NULL, worker = NULL,
                     cancel_requested_at = NULL, cancel_reason = NULL, scheduled_for = now(),
                     dispatched_at = now(), last_seq = last_seq + 1
