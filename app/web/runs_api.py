@@ -218,6 +218,7 @@ def _response(status: int, body: bytes, run_id: str, *, replayed: bool = False) 
         response.headers["Location"] = f"/v1/runs/{run_id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+        metrics().idempotent_replays.inc()
     return response
 
 

@@ -52,14 +52,20 @@ def test_readyz_is_503_until_the_schema_is_current(
 def test_metrics_count_requests_by_route(client: FlaskClient) -> None:
     client.get("/healthz")
     client.post("/v1/runs", json={"task": "demo.echo"}, headers=ALPHA)
+    for _ in range(3):  # one run, two replays
+        client.post(
+            "/v1/runs", json={"task": "demo.echo"}, headers={**ALPHA, "Idempotency-Key": "m"}
+        )
     client.get("/v1/runs/not-a-uuid", headers=ALPHA)
     response = client.get("/metrics")
     assert response.status_code == 200
+    assert response.headers["Content-Type"].count("charset") == 1
     assert response.mimetype == "text/plain"
     text = response.get_data(as_text=True)
     assert 'runlane_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert 'route="/v1/runs/<run_id>",status="404"' in text
-    assert 'runlane_runs_created_total{queue="default"} 1.0' in text
+    assert 'runlane_runs_created_total{queue="default"} 2.0' in text
+    assert "runlane_idempotent_replays_total 2.0" in text
     assert "runlane_http_request_duration_seconds_bucket" in text
 
 
