@@ -3,7 +3,10 @@
 Starts release, web, worker, relay and scheduler (tests.helpers.Stack) on REDIS_URL/DATABASE_URL
 or on embedded servers, in a database and key prefix of its own, then drives POST /v1/runs with a
 unique Idempotency-Key per request from concurrent keep-alive clients, and prints requests/s and
-latency percentiles. `--url` benchmarks an already running API instead.
+latency percentiles. Then it waits until every run submitted has succeeded and every event of
+every run is in its Redis stream, and prints that end-to-end rate too: runs over the time from
+the first submit to the last event in its stream. `--url` benchmarks an already running API
+(submits only).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 from redis import Redis
 
 from app.embedded import EmbeddedServers, free_port
+from app.redis_keys import Keys
 from tests.helpers import Stack
 
 TOKEN = "bench-token"
@@ -53,12 +57,47 @@ def main(argv: list[str] | None = None) -> int:
     with servers() as (redis_url, database_url), tempfile.TemporaryDirectory() as tmp:
         stack = start_stack(redis_url, database_url, prefix, Path(tmp), web_only=args.web_only)
         try:
+            began = time.monotonic()
             result = drive(stack.base, TOKEN, args.clients, args.seconds, args.warmup)
+            if not args.web_only:
+                result["end_to_end"] = settle(redis_url, database_url, prefix, began)
         finally:
             stack.stop()
             forget(redis_url, prefix)
     report(result, args)
     return 0 if result["errors"] == 0 else 1
+
+
+def settle(redis_url: str, database_url: str, prefix: str, began: float) -> dict[str, float]:
+    """Waits until every run has succeeded and every event is in its run's stream; the runs per
+    second from the first submit until then, counting every run (warm-up ones too)."""
+    keys = Keys(prefix)
+    redis = Redis.from_url(redis_url)
+    deadline = time.monotonic() + 120
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            pending = conn.execute(
+                "SELECT (SELECT count(*) FROM runs WHERE status <> 'succeeded')"
+                " + (SELECT count(*) FROM run_events WHERE NOT published)"
+            ).fetchone()
+            if pending is not None and pending[0] == 0:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {pending} runs or events still pending after 120 s")
+            time.sleep(0.01)
+        done = time.monotonic()
+        runs = conn.execute("SELECT id::text, last_seq FROM runs").fetchall()
+    pipe = redis.pipeline(transaction=False)
+    for run_id, _ in runs:
+        pipe.xlen(keys.run_stream(run_id))
+    lengths = pipe.execute()
+    missing = sum(
+        1 for (_, last_seq), length in zip(runs, lengths, strict=True) if length != last_seq
+    )
+    redis.close()
+    if missing:
+        raise SystemExit(f"bench: {missing} runs lack events in their streams")
+    return {"runs": len(runs), "seconds": done - began}
 
 
 @contextmanager
@@ -194,6 +233,13 @@ def report(result: dict[str, object], args: argparse.Namespace) -> None:
         f"{rate:,.0f} req/s, p50 {percentile(latencies, 50) * 1000:.1f} ms, "
         f"p99 {percentile(latencies, 99) * 1000:.1f} ms, statuses {result['statuses']}"
     )
+    settled = result.get("end_to_end")
+    if isinstance(settled, dict):
+        print(
+            f"end to end: {settled['runs']} runs submitted, succeeded and every event in its "
+            f"stream in {settled['seconds']:.1f} s: {settled['runs'] / settled['seconds']:,.0f} "
+            f"runs/s"
+        )
 
 
 if __name__ == "__main__":

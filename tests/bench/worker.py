@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per round for runlane")
     parser.add_argument("--stock-jobs", type=int, default=1000, help="jobs per round for stock RQ")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--io-jobs", type=int, default=1000, help="demo.sleep jobs, concurrency 50")
+    parser.add_argument("--io-jobs", type=int, default=3000, help="demo.sleep jobs, concurrency 50")
     args = parser.parse_args(argv)
     with servers() as (redis_url, database_url):
         db.migrate(database_url)
