@@ -99,6 +99,23 @@ def test_two_workers_never_run_an_attempt_twice(stack_factory):
         assert types == ["run.queued", "run.started", "run.succeeded"], types
 
 
+def test_an_rq_worker_pool_never_runs_an_attempt_twice(stack_factory):
+    stack = stack_factory().start_all(workers=0)
+    stack.commands["pool"] = (
+        'rq worker-pool -n 2 -w workers.worker.RunlaneWorker --url "$REDIS_URL"'
+    )
+    pool = stack.start("pool")
+    wait_for(lambda: live_workers(stack) == 2, 20, message="both pool workers to register")
+    made = [post_run(stack, {"task": "demo.noop", "input": {"i": i}}) for i in range(100)]
+    for run in made:
+        wait_for(status_is(stack, run["id"], "succeeded"), 30, message="all succeeded")
+    for run in made:
+        types = [e["type"] for e in get_events(stack, run["id"])]
+        assert types == ["run.queued", "run.started", "run.succeeded"], types
+    stack.signal(pool, signal.SIGTERM)
+    assert pool.wait(15) == 0
+
+
 def test_sigterm_lets_the_attempt_finish(stack: Stack):
     run = post_run(stack, {"task": "demo.sleep", "input": {"seconds": 1.5}})
     wait_for(status_is(stack, run["id"], "running"), 15, message="the run to start")
@@ -108,15 +125,18 @@ def test_sigterm_lets_the_attempt_finish(stack: Stack):
     assert get_run(stack, run["id"])["status"] == "succeeded"
 
 
-def test_a_killed_worker_leaves_the_live_worker_count(stack: Stack):
-    def workers() -> int:
-        response = requests.get(f"{stack.base}/v1/queues", headers=auth(), timeout=10)
-        # a queue with no runs of this tenant is listed only while a worker serves it
-        return sum(q["workers"] for q in response.json()["items"] if q["name"] == "default")
+def live_workers(stack: Stack) -> int:
+    response = requests.get(f"{stack.base}/v1/queues", headers=auth(), timeout=10)
+    # a queue with no runs of this tenant is listed only while a worker serves it
+    return sum(q["workers"] for q in response.json()["items"] if q["name"] == "default")
 
-    wait_for(lambda: workers() == 1, 15, message="the worker to register")
+
+def test_a_killed_worker_leaves_the_live_worker_count(stack: Stack):
+    wait_for(lambda: live_workers(stack) == 1, 15, message="the worker to register")
     stack.kill("worker")
     killed = time.monotonic()
 
-    wait_for(lambda: workers() == 0, 25, interval=0.5, message="the dead worker to expire")
+    wait_for(
+        lambda: live_workers(stack) == 0, 25, interval=0.5, message="the dead worker to expire"
+    )
     print(f"\na SIGKILLed worker left GET /v1/queues {time.monotonic() - killed:.1f}s after")
