@@ -89,14 +89,17 @@ def test_second_stall_fails_with_stalled(stack: Stack):
     assert [e["type"] for e in get_events(stack, run["id"])].count("run.stalled") == 2
 
 
-def test_two_workers_never_run_an_attempt_twice(stack_factory):
-    stack = stack_factory().start_all(workers=2)
-    made = [post_run(stack, {"task": "demo.noop", "input": {"i": i}}) for i in range(150)]
+def assert_each_runs_once(stack: Stack, count: int) -> None:
+    made = [post_run(stack, {"task": "demo.noop", "input": {"i": i}}) for i in range(count)]
     for run in made:
         wait_for(status_is(stack, run["id"], "succeeded"), 30, message="all succeeded")
     for run in made:
         types = [e["type"] for e in get_events(stack, run["id"])]
         assert types == ["run.queued", "run.started", "run.succeeded"], types
+
+
+def test_two_workers_never_run_an_attempt_twice(stack_factory):
+    assert_each_runs_once(stack_factory().start_all(workers=2), 150)
 
 
 def test_an_rq_worker_pool_never_runs_an_attempt_twice(stack_factory):
@@ -106,12 +109,7 @@ def test_an_rq_worker_pool_never_runs_an_attempt_twice(stack_factory):
     )
     pool = stack.start("pool")
     wait_for(lambda: live_workers(stack) == 2, 20, message="both pool workers to register")
-    made = [post_run(stack, {"task": "demo.noop", "input": {"i": i}}) for i in range(100)]
-    for run in made:
-        wait_for(status_is(stack, run["id"], "succeeded"), 30, message="all succeeded")
-    for run in made:
-        types = [e["type"] for e in get_events(stack, run["id"])]
-        assert types == ["run.queued", "run.started", "run.succeeded"], types
+    assert_each_runs_once(stack, 100)
     stack.signal(pool, signal.SIGTERM)
     assert pool.wait(15) == 0
 
