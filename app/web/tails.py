@@ -18,8 +18,8 @@ from app import runs, streams
 from app.auth import CHALLENGE, authenticate, bearer_token
 from app.domain import Run
 from app.errors import ApiError, problem
-from app.services import Services
 from app.streams import Entry, StreamHub
+from app.web import services
 
 bp = Blueprint("tails", __name__)
 
@@ -44,15 +44,15 @@ def init_app(app: Flask) -> None:
 
 def hub() -> StreamHub:
     """This process's stream reader, made on first use (after a forking server forked)."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    extensions = current_app.extensions
     with _hub_lock:
-        found = app.extensions.get("runlane.streams")
+        found: StreamHub | None = extensions.get("runlane.streams")
         if found is None:
-            svc = _services()
+            svc = services()
             redis_url, _ = svc.settings.require_urls()
             found = StreamHub.from_url(redis_url, svc.keys)
-            app.extensions["runlane.streams"] = found
-    return found  # type: ignore[no-any-return]
+            extensions["runlane.streams"] = found
+    return found
 
 
 # --- before the upgrade -----------------------------------------------------------------------
@@ -63,13 +63,13 @@ def _check_before_upgrade() -> Response | None:
     try:
         g.tail_tenant = _tenant()
         if request.view_args and "run_id" in request.view_args:
-            with _services().pool.connection() as conn:
+            with services().pool.connection() as conn:
                 g.tail_run = runs.get_run(conn, g.tail_tenant, request.view_args["run_id"])
             g.tail_after = _number("after", request.args.get("after"), default=0)
         else:
             g.tail_queue = request.args.get("queue") or None
             cursor = request.args.get("cursor")
-            g.tail_top = streams.tenant_top(_services().pool, g.tail_tenant)
+            g.tail_top = streams.tenant_top(services().pool, g.tail_tenant)
             g.tail_cursor = _number("cursor", cursor, default=g.tail_top)
             if g.tail_cursor > g.tail_top:
                 raise _bad("cursor", "is not a cursor of this tenant's stream")
@@ -108,7 +108,7 @@ def run_tail(ws: Any, run_id: str) -> None:
     """WebSocket /v1/runs/{id}/tail?after=N: history, then live; close 1000 after the end."""
     run: Run = g.tail_run
     follower = streams.follow_run(
-        _services().pool, hub(), run.id, after=g.tail_after, last_seq=run.last_seq
+        services().pool, hub(), run.id, after=g.tail_after, last_seq=run.last_seq
     )
     if _send_all(ws, follower, lambda entry: entry.event):
         ws.close(1000, "run finished")
@@ -117,7 +117,7 @@ def run_tail(ws: Any, run_id: str) -> None:
 def tenant_tail(ws: Any) -> None:
     """WebSocket /v1/tail?queue=Q&cursor=C: the tenant's events as {"cursor", "event"}."""
     follower = streams.follow_tenant(
-        _services().pool, hub(), g.tail_tenant,
+        services().pool, hub(), g.tail_tenant,
         after=g.tail_cursor, top=g.tail_top, queue=g.tail_queue,
     )  # fmt: skip
     _send_all(ws, follower, _tenant_message)
@@ -150,7 +150,7 @@ def sse_response(run: Run, after: int) -> Response:
     """GET /v1/runs/{id}/events as text/event-stream: `id:` seq, `event:` type, history then
     live, ending after the terminal event; comments as heartbeats while idle."""
     follower = streams.follow_run(
-        _services().pool, hub(), run.id, after=after, last_seq=run.last_seq
+        services().pool, hub(), run.id, after=after, last_seq=run.last_seq
     )
     return Response(
         _sse(follower),
@@ -171,7 +171,3 @@ def _sse(follower: streams.Follower) -> Iterator[str]:
             continue
         idle = 0.0
         yield f"id: {entry.number}\nevent: {entry.type}\ndata: {entry.event}\n\n"
-
-
-def _services() -> Services:
-    return current_app.extensions["runlane"]  # type: ignore[no-any-return]
