@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 from psycopg_pool import ConnectionPool
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from app import db, tasks
 from app.config import Settings
 from app.redis_keys import Keys
+
+# Redis unreachable (restarting, failing over), as opposed to a command it refused.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass

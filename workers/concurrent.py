@@ -8,6 +8,7 @@ blocks on the queues wakes it through a list of the worker's own, in that same B
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from rq.worker import WorkerStatus
 
+from app.services import REDIS_DOWN
 from workers.context import Attempt
 from workers.execute import Outcome, ThreadedExecutor
 
@@ -46,7 +48,8 @@ class ConcurrentLoop:
             with ThreadPoolExecutor(self.size, thread_name_prefix="runlane-attempt") as threads:
                 return self._loop(threads, burst, max_jobs, max_idle_time)
         finally:
-            self.redis.delete(self.wake_key)
+            with contextlib.suppress(*REDIS_DOWN):  # it expires by itself
+                self.redis.delete(self.wake_key)
 
     def _loop(
         self,
@@ -101,7 +104,8 @@ class ConcurrentLoop:
             self._changed.notify()
             wake, self._blocked = self._blocked, False
         if wake:
-            with self.redis.pipeline(transaction=False) as pipe:
+            # Redis away: the main thread's blocking wait ends within IDLE_WAIT_S anyway
+            with contextlib.suppress(*REDIS_DOWN), self.redis.pipeline(transaction=False) as pipe:
                 pipe.rpush(self.wake_key, 1)
                 pipe.expire(self.wake_key, WAKE_TTL_S)
                 pipe.execute()
@@ -124,6 +128,9 @@ class ConcurrentLoop:
         try:
             keys = [self.wake_key, *self.worker.queue_keys()]
             got = self.worker.connection.blpop(keys, timeout=IDLE_WAIT_S)
+        except REDIS_DOWN as exc:
+            self.worker.redis_unavailable(exc)
+            return []
         finally:
             with self._changed:
                 self._blocked = False

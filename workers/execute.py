@@ -19,7 +19,7 @@ from app import dispatch, runs
 from app.config import Settings
 from app.domain import Run, RunStatus
 from app.runs import Change
-from app.services import Services
+from app.services import REDIS_DOWN, Services
 from app.tasks import TaskDef, Unrecoverable
 from workers import backoff
 from workers.context import (
@@ -172,7 +172,10 @@ class Executor:
         if cancels:
             self._group_commit(cancels)
         if queued:
-            dispatch.enqueue(self.services.redis, self.services.keys, queued)
+            try:
+                dispatch.enqueue(self.services.redis, self.services.keys, queued)
+            except REDIS_DOWN as exc:  # queued in Postgres: the scheduler's sweep dispatches them
+                log.warning("dispatch.failed", extra={"count": len(queued), "error": str(exc)})
 
 
 class ThreadedExecutor(Executor):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from app import runs
-from app.services import Services
+from app.services import REDIS_DOWN, Services
 from workers.context import (
     Attempt,
     AttemptCancelled,
@@ -47,6 +47,7 @@ class Monitor(threading.Thread):
         self._next_lease = 0.0
         self._next_heartbeat = 0.0
         self._main = threading.main_thread().ident
+        self._redis_down = False
 
     def stop(self) -> None:
         self._halt.set()
@@ -62,20 +63,35 @@ class Monitor(threading.Thread):
 
     def tick(self, now: float) -> None:
         attempt = self.executor.current
+        self._keep_alive(now)
         if attempt is not None and now >= self._next_cancel_poll:
             self._next_cancel_poll = now + CANCEL_POLL_S
-            self._poll_cancel(attempt)
-        self._keep_alive(now)
+            self._tolerating_redis(lambda: self._poll_cancel(attempt))
         if attempt is not None:
             self._hard_stop(attempt, now)
 
     def _keep_alive(self, now: float) -> None:
+        # Leases first and in Postgres alone: while Redis is away, attempts must stay leased.
         if now >= self._next_lease:
             self._next_lease = now + self.services.settings.heartbeat_seconds
             self._renew_leases()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + 5.0
-            self.heartbeat()
+            self._tolerating_redis(self.heartbeat)
+
+    def _tolerating_redis(self, step: Callable[[], None]) -> None:
+        """A Redis step (cancel keys, RQ's heartbeat) that an outage must not turn into missed
+        lease renewals or hard stops; the lease renewal reports cancels meanwhile."""
+        try:
+            step()
+        except REDIS_DOWN as exc:
+            if not self._redis_down:
+                log.warning("monitor.redis_unavailable", extra={"error": str(exc)})
+            self._redis_down = True
+            return
+        if self._redis_down:
+            log.info("monitor.redis_back")
+        self._redis_down = False
 
     def _poll_cancel(self, attempt: Attempt) -> None:
         if attempt.cancel.is_set():
@@ -117,10 +133,10 @@ class ThreadedMonitor(Monitor):
 
     def tick(self, now: float) -> None:
         running = list(self.executor.running.values())
+        self._keep_alive(now)
         if running and now >= self._next_cancel_poll:
             self._next_cancel_poll = now + CANCEL_POLL_S
-            self._poll_cancels(running)
-        self._keep_alive(now)
+            self._tolerating_redis(lambda: self._poll_cancels(running))
         for attempt in running:
             started = attempt.started_at
             if attempt.timeout and started is not None and now - started >= attempt.timeout:

