@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import redis
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -124,6 +124,9 @@ def _database_error(exc: psycopg.Error) -> Response:
         return problem(422, "a value is out of range", slug="validation")
     if isinstance(exc, psycopg.OperationalError):
         log.warning("database.unavailable", extra={"error": type(exc).__name__})
+        # After a Postgres restart every idle pooled connection is dead: test and replace them
+        # now, so that one request gets this 503 rather than one per pooled connection.
+        current_app.extensions["runlane"].pool.check()
         return problem(503, "the database is unavailable", headers={"Retry-After": "1"})
     return _unexpected(exc)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -32,6 +34,7 @@ from workers.context import (
 )
 
 log = logging.getLogger("runlane.execute")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class Executor:
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
         """A task's progress or log line, committed with its event at once; True if cancelled."""
-        return _report(self.conn, run, kind, data)
+        return self._reconnecting(lambda conn: _report(conn, run, kind, data))
 
     def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
         """The task called where the monitor and the stop signals can see it."""
@@ -138,7 +141,7 @@ class Executor:
 
     def _group_commit(self, changes: list[Change]) -> list[Run | None]:
         try:
-            return runs.group_commit(self.conn, changes)
+            return self._reconnecting(lambda conn: runs.group_commit(conn, changes))
         except psycopg.Error:
             # One bad change must not sink the batch: apply them one by one, each on its own.
             log.exception("execute.group_commit_failed")
@@ -153,9 +156,32 @@ class Executor:
             self._reconnect_if_broken()
             return None
 
+    def _reconnecting(self, work: Callable[[runs.Conn], T]) -> T:
+        """`work` on the executor's connection, and again on a new one while Postgres is away
+        (restart, failover, a killed backend), for up to a lease: an outcome or a progress line
+        is recorded late rather than lost, and a task never fails for our connection's sake.
+        (If the lost connection had committed, the guards make the repeat a no-op.)"""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        delay = 0.05
+        while True:
+            try:
+                return work(self.conn)
+            except psycopg.OperationalError:
+                if not self._connection_lost() or time.monotonic() > deadline:
+                    raise
+                log.warning("execute.reconnecting", extra={"worker": self.worker})
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            self._reconnect_if_broken()
+
+    def _connection_lost(self) -> bool:
+        return self.conn.closed or self.conn.broken
+
     def _reconnect_if_broken(self) -> None:
-        if self.conn.closed or self.conn.broken:
+        if self._connection_lost():
             self.services.pool.putconn(self.conn)
+            # the pool's idle connections died with this one (a Postgres restart): replace them
+            self.services.pool.check()
             self.conn = self.services.pool.getconn()
 
     def _after(self, outcomes: list[Outcome], done: list[Run | None]) -> None:
@@ -193,8 +219,18 @@ class ThreadedExecutor(Executor):
         return list(self.running.values())
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
-        with self.services.pool.connection() as conn:
-            return _report(conn, run, kind, data)
+        # from a task's thread: a pooled connection (the main thread's is the group commit's)
+        deadline = time.monotonic() + self.settings.lease_seconds
+        while True:
+            try:
+                with self.services.pool.connection() as conn:
+                    return _report(conn, run, kind, data)
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("execute.reconnecting", extra={"run_id": run.id})
+                self.services.pool.check()
+                time.sleep(0.1)
 
     def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
         assert isinstance(attempt, ThreadedAttempt)
