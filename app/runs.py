@@ -134,6 +134,14 @@ def claim_attempt(conn: Conn, run_id: str, *, worker: str, lease_s: float) -> Ru
     return Run.from_row(row) if row else None
 
 
+def claimed_by_worker(conn: Conn, run_ids: list[str], worker: str) -> list[Run]:
+    """Which of these runs are running an attempt of `worker`'s (claims whose reply was lost)."""
+    rows = conn.execute(
+        q("claimed_by_worker"), {"ids": [_uuid(r) for r in run_ids], "worker": worker}
+    )
+    return [Run.from_row(row) for row in rows]
+
+
 def record_progress(conn: Conn, run: Run, percent: float, message: str) -> bool:
     """Store and emit progress; returns whether cancellation has been requested."""
     data = {"percent": percent, "message": message}

@@ -58,6 +58,7 @@ class Executor:
         self.current: Attempt | None = None
         # claimed, not yet recorded: the monitor renews their leases and watches for cancels
         self.in_hand: dict[str, Attempt] = {}
+        self._reconnects = 0  # connections replaced after Postgres dropped one
         # set by a worker that installed the stop-signal handlers (see workers.worker)
         self.signals = False
 
@@ -69,9 +70,13 @@ class Executor:
         lease = self.settings.lease_seconds
         changes = [o.change for o in outcomes]
         changes += [runs.claim_change(i, worker=self.worker, lease_s=lease) for i in claim_ids]
+        reconnects = self._reconnects
         done = self._group_commit(changes)
         self._after(outcomes, done[: len(outcomes)])
-        claimed = [self.attempt_type(run) for run in done[len(outcomes) :] if run is not None]
+        started = [run for run in done[len(outcomes) :] if run is not None]
+        if self._reconnects != reconnects:
+            started += self._claimed_before_the_loss(claim_ids, started)
+        claimed = [self.attempt_type(run) for run in started]
         for attempt in claimed:
             self.in_hand[attempt.run.id] = attempt
         return claimed
@@ -156,29 +161,27 @@ class Executor:
             self._reconnect_if_broken()
             return None
 
-    def _reconnecting(self, work: Callable[[runs.Conn], T]) -> T:
-        """`work` on the executor's connection, and again on a new one while Postgres is away
-        (restart, failover, a killed backend), for up to a lease: an outcome or a progress line
-        is recorded late rather than lost, and a task never fails for our connection's sake.
-        (If the lost connection had committed, the guards make the repeat a no-op.)"""
-        deadline = time.monotonic() + self.settings.lease_seconds
-        delay = 0.05
-        while True:
-            try:
-                return work(self.conn)
-            except psycopg.OperationalError:
-                if not self._connection_lost() or time.monotonic() > deadline:
-                    raise
-                log.warning("execute.reconnecting", extra={"worker": self.worker})
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            self._reconnect_if_broken()
+    def _claimed_before_the_loss(self, claim_ids: list[str], started: list[Run]) -> list[Run]:
+        """A commit that lost its connection may have gone through: its claims, repeated, then
+        find their runs running already. Those running for this worker and not in hand are
+        ours to run; left alone they would only stall."""
+        known = {run.id for run in started} | set(self.in_hand)
+        unknown = list(dict.fromkeys(i for i in claim_ids if i not in known))
+        if not unknown:
+            return []
+        found = self._reconnecting(lambda conn: runs.claimed_by_worker(conn, unknown, self.worker))
+        for run in found:
+            log.warning("execute.claim_recovered", extra={"run_id": run.id})
+        return found
 
-    def _connection_lost(self) -> bool:
-        return self.conn.closed or self.conn.broken
+    def _reconnecting(self, work: Callable[[runs.Conn], T]) -> T:
+        return while_database_away(
+            lambda: work(self.conn), self._reconnect_if_broken, self.settings.lease_seconds
+        )
 
     def _reconnect_if_broken(self) -> None:
-        if self._connection_lost():
+        if self.conn.closed or self.conn.broken:
+            self._reconnects += 1
             self.services.pool.putconn(self.conn)
             # the pool's idle connections died with this one (a Postgres restart): replace them
             self.services.pool.check()
@@ -220,17 +223,11 @@ class ThreadedExecutor(Executor):
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
         # from a task's thread: a pooled connection (the main thread's is the group commit's)
-        deadline = time.monotonic() + self.settings.lease_seconds
-        while True:
-            try:
-                with self.services.pool.connection() as conn:
-                    return _report(conn, run, kind, data)
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("execute.reconnecting", extra={"run_id": run.id})
-                self.services.pool.check()
-                time.sleep(0.1)
+        def work() -> bool:
+            with self.services.pool.connection() as conn:
+                return _report(conn, run, kind, data)
+
+        return while_database_away(work, self.services.pool.check, self.settings.lease_seconds)
 
     def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
         assert isinstance(attempt, ThreadedAttempt)
@@ -240,6 +237,25 @@ class ThreadedExecutor(Executor):
             return self._call(attempt, task)
         finally:
             self.running.pop(attempt.run.id, None)
+
+
+def while_database_away(work: Callable[[], T], recover: Callable[[], None], patience: float) -> T:
+    """`work`, and again after `recover` while Postgres is away (restart, failover, a killed
+    backend), for up to `patience` seconds (a lease): an outcome or a progress line is recorded
+    late rather than lost, and a task never fails for our connection's sake. If the lost
+    connection had in fact committed, the state changes' guards make the repeat a no-op."""
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        try:
+            return work()
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("execute.reconnecting", extra={"error": str(exc).strip()})
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+        recover()
 
 
 def _report(conn: runs.Conn, run: Run, kind: str, data: dict[str, Any]) -> bool:

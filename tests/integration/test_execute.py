@@ -17,6 +17,7 @@ from app.domain import Event, Run, RunStatus
 from app.runs import NewRun
 from app.services import Services
 from tests.helpers import wait_for
+from workers.execute import Executor
 from workers.scheduler import Scheduler
 from workers.worker import RunlaneWorker
 
@@ -205,3 +206,38 @@ def test_unknown_task_fails(services, test_settings, redis):
     work(test_settings, redis)
     done = load(services, run.id)
     assert done.status is RunStatus.FAILED and done.error["type"] == "UnknownTask"
+
+
+def kill_backend(services: Services, pid: int) -> None:
+    with services.pool.connection() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_claim_whose_commit_lost_its_reply_is_still_run_once(services, test_settings, redis):
+    run = submit(services, "demo.noop")
+    executor = Executor(services, "w-lost-reply")
+    try:
+        # the commit went through, but Postgres dropped the connection before it answered
+        with services.pool.connection() as conn:
+            runs.claim_attempt(conn, run.id, worker=executor.worker, lease_s=30)
+        kill_backend(services, executor.conn.info.backend_pid)
+        claimed = executor.commit([], [run.id])
+        assert [attempt.run.id for attempt in claimed] == [run.id]
+        executor.commit([executor.run(claimed[0])], [])
+    finally:
+        executor.close()
+    assert types(services, run.id) == ["run.queued", "run.started", "run.succeeded"]
+
+
+def test_progress_survives_a_dropped_connection(services, test_settings, redis):
+    run = submit(services, "demo.progress", {"steps": 2, "interval_ms": 1})
+    executor = Executor(services, "w-dropped")
+    try:
+        [attempt] = executor.commit([], [run.id])
+        kill_backend(services, executor.conn.info.backend_pid)
+        executor.commit([executor.run(attempt)], [])
+    finally:
+        executor.close()
+    done = load(services, run.id)
+    assert done.status is RunStatus.SUCCEEDED and done.result == {"steps": 2}
+    assert types(services, run.id).count("run.progress") == 2

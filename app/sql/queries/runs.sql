@@ -70,6 +70,12 @@ WITH r AS (
 )
 SELECT * FROM r;
 
+-- name: claimed_by_worker
+-- After a claim whose commit lost its connection: which of these runs that commit did start for
+-- this worker (the worker names a process, so no other process's attempt can match).
+SELECT * FROM runs
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running' AND worker = %(worker)s;
+
 -- name: release_attempt
 -- A claimed attempt handed back unstarted (worker shutting down): queued again, no attempt spent.
 WITH r AS (
