@@ -37,3 +37,24 @@ def configure(level: str = "INFO") -> None:
 
 def get(name: str) -> logging.Logger:
     return logging.getLogger(name)
+
+
+class Outage:
+    """A dependency that went away, logged once when it goes (`<event>_unavailable`) and once
+    when it is back (`<event>_back`, with how long it was down), not at every retry between."""
+
+    def __init__(self, logger: logging.Logger, event: str) -> None:
+        self.logger = logger
+        self.event = event
+        self.since: float | None = None
+
+    def down(self, exc: Exception) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.logger.warning(f"{self.event}_unavailable", extra={"error": str(exc)})
+
+    def up(self) -> None:
+        if self.since is not None:
+            down_s = round(time.monotonic() - self.since, 1)
+            self.logger.info(f"{self.event}_back", extra={"down_s": down_s})
+            self.since = None

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from app import runs
+from app.logs import Outage
 from app.services import REDIS_DOWN, Services
 from workers.context import (
     Attempt,
@@ -47,7 +48,7 @@ class Monitor(threading.Thread):
         self._next_lease = 0.0
         self._next_heartbeat = 0.0
         self._main = threading.main_thread().ident
-        self._redis_down = False
+        self._redis_outage = Outage(log, "monitor.redis")
 
     def stop(self) -> None:
         self._halt.set()
@@ -85,13 +86,9 @@ class Monitor(threading.Thread):
         try:
             step()
         except REDIS_DOWN as exc:
-            if not self._redis_down:
-                log.warning("monitor.redis_unavailable", extra={"error": str(exc)})
-            self._redis_down = True
+            self._redis_outage.down(exc)
             return
-        if self._redis_down:
-            log.info("monitor.redis_back")
-        self._redis_down = False
+        self._redis_outage.up()
 
     def _poll_cancel(self, attempt: Attempt) -> None:
         if attempt.cancel.is_set():

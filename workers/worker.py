@@ -62,7 +62,7 @@ class RunlaneWorker(SimpleWorker):
         self._signalled_at: float | None = None
         self._saved_handlers: dict[int, Any] = {}
         self._batch = 1
-        self._redis_down_since: float | None = None
+        self._redis_outage = logs.Outage(log, "worker.redis")
 
     # -- RQ's entry point -------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class RunlaneWorker(SimpleWorker):
             # ids already popped are ours to claim: Postgres alone decides whether they run
             self.redis_unavailable(exc, wait=not already)
             return list(already)
-        self.redis_back()
+        self._redis_outage.up()
         return [i.decode() if isinstance(i, bytes) else i for i in popped]
 
     def _blocking_pop(self) -> list[str]:
@@ -211,17 +211,9 @@ class RunlaneWorker(SimpleWorker):
     def redis_unavailable(self, exc: Exception, *, wait: bool = True) -> None:
         """Redis is away (restart, failover): keep going and try again in a moment. Attempts in
         hand are still recorded in Postgres; the scheduler dispatches again what Redis lost."""
-        if self._redis_down_since is None:
-            self._redis_down_since = time.monotonic()
-            log.warning("worker.redis_unavailable", extra={"error": str(exc)})
+        self._redis_outage.down(exc)
         if wait and not self._stop_requested:
             time.sleep(IDLE_WAIT_S)
-
-    def redis_back(self) -> None:
-        if self._redis_down_since is not None:
-            down = time.monotonic() - self._redis_down_since
-            log.info("worker.redis_back", extra={"down_s": round(down, 1)})
-            self._redis_down_since = None
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         """RQ's idle/busy flag (what `rq info` shows): not worth stopping for when Redis is away."""
