@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     port: int = 8000
+    bind_host: str = "127.0.0.1"
     home: Path = Path(".runlane")
     redis_url: str | None = None
     database_url: str | None = None
@@ -48,6 +49,7 @@ class Settings:
         tokens = parse_tokens(tokens_raw) if tokens_raw else {dev_token(home): DEV_TENANT}
         return cls(
             port=_int(env, "PORT", 8000, low=1, high=65535),
+            bind_host=env.get("RUNLANE_BIND_HOST") or "127.0.0.1",
             home=home,
             redis_url=env.get("REDIS_URL") or None,
             database_url=env.get("DATABASE_URL") or None,

@@ -10,12 +10,17 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.cli import preflight
+from app.cli.supervise import Supervisor
 from app.config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STACK = ("web", "worker", "relay", "scheduler")
-
+READY_WAIT_S = 60.0
 
 
 class Stopped(Exception):
@@ -72,8 +77,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
     # pgserver's lock folder falls back to /tmp without XDG_RUNTIME_DIR, which is fine here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     settings = Settings.from_env()
+    procfile = _procfile()
+    lock = preflight.StackLock(settings.home)
+    lock.acquire(settings.port)
+    try:
+        preflight.check_port(settings.bind_host, settings.port)
+        preflight.check_task_modules(settings)
+        return _serve(settings, procfile, EmbeddedServers(settings.home), workers=args.workers)
+    finally:
+        lock.release()
+
+
+def _serve(settings: Settings, procfile: dict[str, str], servers: Any, *, workers: int) -> int:
     signals = _Signals()
-    servers = EmbeddedServers(settings.home)
     try:
         with signals.held():
             servers.start(redis=not settings.redis_url, postgres=not settings.database_url)
@@ -82,13 +98,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
             settings.redis_url or servers.redis_url,
             settings.database_url or servers.database_url,
         )
-        _announce(settings)
-        procfile = _procfile()
         release = subprocess.run(procfile["release"], shell=True, env=env, cwd=ROOT, check=False)
         if release.returncode != 0:
             print(f"runlane dev: release failed (rc={release.returncode})", file=sys.stderr)
             return release.returncode
-        return _run_stack(procfile, env, workers=args.workers)
+        return _run_stack(settings, procfile, env, workers=workers)
     except Stopped as stop:
         return stop.returncode
     finally:
@@ -118,9 +132,20 @@ def _procfile() -> dict[str, str]:
     return dict(parse_procfile(path.read_text()).processes)
 
 
-def _announce(settings: Settings) -> None:
+def _announce_when_up(settings: Settings, supervisor: Supervisor) -> None:
+    """Says "listening" once the web process answers, not before (it may take a few seconds)."""
     base = f"http://127.0.0.1:{settings.port}"
-    print(f"runlane dev: listening on {base}, data in {settings.home}", flush=True)
+    deadline = time.monotonic() + READY_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        supervisor.say(f"the web process did not answer on {base} within {READY_WAIT_S:g} s")
+        return
+    supervisor.say(f"listening on {base}, data in {settings.home}")
     if not settings.dev_mode:
         return
     from app.config import dev_token
@@ -132,26 +157,27 @@ def _announce(settings: Settings) -> None:
          "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json",
          "-H", "Idempotency-Key: hello-1", "-d", body]
     )  # fmt: skip
-    print(f"runlane dev: dev token (tenant 'dev'): {token}\nrunlane dev: try\n  {curl}", flush=True)
+    supervisor.say(f"dev token (tenant 'dev'): {token}")
+    supervisor.say(f"try: {curl}")
 
 
-def _run_stack(procfile: dict[str, str], env: dict[str, str], *, workers: int) -> int:
-    """The long-running processes under honcho; it stops them all (SIGTERM, then SIGKILL after
-    a grace period) when a signal arrives or any one of them exits."""
+def _run_stack(
+    settings: Settings, procfile: dict[str, str], env: dict[str, str], *, workers: int
+) -> int:
+    """The long-running processes under the supervisor, which restarts one that dies and stops
+    them all (SIGTERM, then SIGKILL after a grace period) on a signal or a crash loop."""
     from honcho.environ import expand_processes
-    from honcho.manager import Manager
     from honcho.printer import Printer
 
-    manager = Manager(Printer(sys.stdout))
+    supervisor = Supervisor(Printer(sys.stdout))
     processes = {name: procfile[name] for name in STACK}
     for proc in expand_processes(processes, concurrency={"worker": workers}):
         # exec: the signal reaches the program itself and its exit code is the one reported.
-        cmd = f"exec {proc.cmd}"
-        manager.add_process(proc.name, cmd, env={**env, **proc.env}, cwd=str(ROOT))
-    manager.loop()
-    # Honcho reports 130/143 after SIGINT/SIGTERM and a child's code when one died; a child that
-    # exited 0 on its own is still a failure of the stack.
-    return manager.returncode or 1
+        supervisor.add(proc.name, f"exec {proc.cmd}", {**env, **proc.env}, str(ROOT))
+    threading.Thread(
+        target=_announce_when_up, args=(settings, supervisor), name="announce", daemon=True
+    ).start()
+    return supervisor.loop()
 
 
 def register(command: AddCommand) -> None:

@@ -128,3 +128,91 @@ def finished(base: str, token: str, run_id: str) -> dict | None:
     assert response.status_code == 200, response.text
     run = response.json()
     return run if run["status"] in {"succeeded", "failed", "cancelled"} else None
+
+
+def dev_env(home: Path, port: int, **extra: str) -> dict[str, str]:
+    """A user's environment: no servers given (embedded ones), no RUNLANE_* settings."""
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    env = {k: v for k, v in env.items() if not k.startswith("RUNLANE_")}
+    env.update(RUNLANE_HOME=str(home), PORT=str(port), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def worker_pids(dev: subprocess.Popen[bytes]) -> set[int]:
+    found = set()
+    for proc in psutil.Process(dev.pid).children(recursive=True):
+        try:
+            if "RunlaneWorker" in " ".join(proc.cmdline()) and alive(proc):
+                found.add(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_a_second_stack_refuses_and_a_killed_worker_is_restarted(
+    home: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = dev_env(home, port, RUNLANE_LEASE_SECONDS="3")
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "wb") as log:
+        dev = subprocess.Popen(
+            [RUNLANE, "dev"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: ready(base, dev), 180, 0.2, "/readyz to answer 200")
+        token = dev_token(home)
+
+        # A second stack on the same home: one line, a non-zero exit, and the first untouched.
+        second = subprocess.run(
+            [RUNLANE, "dev"], env=dev_env(home, free_port()), cwd=ROOT, capture_output=True,
+            text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert second.returncode != 0
+        assert second.stderr.strip() == (
+            f"runlane: a runlane stack already runs from {home}, pid {dev.pid}, port {port}"
+        )
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+
+        # kill -9 of the worker mid-run: restarted, named in the log, the run still finishes.
+        run = submit(base, token, {"task": "demo.sleep", "input": {"seconds": 1.5}}, "dev-kill")
+        wait_for(lambda: status(base, token, run["id"]) == "running", 30, 0.05, "the run to start")
+        (victim,) = worker_pids(dev)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: worker_pids(dev) - {victim}, 30, 0.1, "a new worker process")
+        assert f"worker.1 (pid {victim}) was killed by SIGKILL; restarting it in 1 s" in (
+            log_path.read_text()
+        )
+        done = wait_for(lambda: finished(base, token, run["id"]), 60, 0.1, "the killed run")
+        assert done["status"] == "succeeded", done
+        assert dev.poll() is None, "the stack keeps running"
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(60) == 143
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-20000:])
+        raise
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+    wait_for(lambda: not stack_processes(home, port), 20, 0.1, "the stack's processes to exit")
+
+
+def submit(base: str, token: str, body: dict, key: str) -> dict:
+    response = requests.post(
+        f"{base}/v1/runs",
+        json=body,
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def status(base: str, token: str, run_id: str) -> str:
+    headers = {"Authorization": f"Bearer {token}"}
+    return requests.get(f"{base}/v1/runs/{run_id}", headers=headers, timeout=5).json()["status"]
