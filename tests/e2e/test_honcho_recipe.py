@@ -74,3 +74,11 @@ def test_the_readme_recipe_runs_the_stack_on_port(settings: Settings, tmp_path: 
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(30)
+
+
+def test_web_is_the_first_procfile_line() -> None:
+    """honcho numbers ports by Procfile line (PORT, PORT + 100, ...): `honcho start web` or a
+    runner that starts every line must give web PORT itself."""
+    from tests.helpers import procfile
+
+    assert next(iter(procfile())) == "web"
