@@ -43,6 +43,15 @@ class EmbeddedServers:
             raise
         return self
 
+    @property
+    def redis_pid(self) -> int:
+        """The Redis server started here (0 when it was reused or not started)."""
+        return self._redis_proc.pid if self._redis_proc is not None else 0
+
+    @property
+    def postgres_pid(self) -> int:
+        return self._pg_pid or 0
+
     def stop(self) -> None:
         if self._redis_proc is not None and self._redis_proc.poll() is None:
             self._redis_proc.terminate()
