@@ -1,15 +1,23 @@
-"""Bearer-token authentication: the token decides the tenant. Tokens are never logged."""
+"""Bearer-token authentication: the token decides the tenant. Tokens are never logged.
+
+The token comes in the `Authorization: Bearer` header; only the routes a browser opens without
+being able to set headers (a WebSocket, an EventSource) also take it as `?token=`.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from flask import current_app, g, request
 
 from app.errors import ApiError
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+QUERY_TOKEN = "token"
+_WHEN_ATTR = "runlane_query_token_when"
+F = TypeVar("F", bound=Callable[..., object])
 
 
 def tenant_for(token: str | None, tokens: Mapping[str, str]) -> str | None:
@@ -38,14 +46,36 @@ def bearer_token() -> str | None:
     return token.strip() or None
 
 
+def request_token(*, query: bool = False) -> str | None:
+    """The request's bearer token; with `query`, `?token=` when there is no header."""
+    return bearer_token() or (request.args.get(QUERY_TOKEN) if query else None)
+
+
+def query_token(when: Callable[[], bool]) -> Callable[[F], F]:
+    """Marks a view that also accepts `?token=` for the requests where `when()` holds (the
+    EventSource form of a route whose JSON form keeps requiring the header)."""
+
+    def mark(view: F) -> F:
+        setattr(view, _WHEN_ATTR, when)
+        return view
+
+    return mark
+
+
 def require_tenant() -> None:
     """before_request hook of the /v1 blueprints: sets g.tenant or answers 401."""
-    tenant = authenticate(bearer_token())
+    tenant = authenticate(request_token(query=_query_token_allowed()))
     if tenant is None:
         raise ApiError(
             401, "a valid bearer token is required", slug="unauthorized", headers=CHALLENGE
         )
     g.tenant = tenant
+
+
+def _query_token_allowed() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    when: Callable[[], bool] | None = getattr(view, _WHEN_ATTR, None)
+    return when is not None and when()
 
 
 def tenant() -> str:

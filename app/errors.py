@@ -16,6 +16,7 @@ import redis
 from flask import Flask, Response, current_app, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+from wsproto.utilities import RemoteProtocolError
 
 from app import logs
 from app.runs import RunConflict, RunNotFound
@@ -74,19 +75,36 @@ def problem(
     return Response(json.dumps(body), status, headers=dict(headers or {}), mimetype=PROBLEM_JSON)
 
 
+def field_name(loc: Sequence[str | int]) -> str:
+    """A field as the API names it: `backoff.delay_ms`, `runs[3].priority`, `body` for the whole."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "body"
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """The offending fields of a pydantic error, as `{"field": "backoff.delay_ms", "message"}`."""
     return [
-        {
-            "field": ".".join(str(part) for part in error["loc"]) or "body",
-            "message": error["msg"].removeprefix("Value error, "),
-        }
+        {"field": field_name(error["loc"]), "message": error["msg"].removeprefix("Value error, ")}
         for error in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
 
 
 def invalid(exc: ValidationError, status: int = 422) -> ApiError:
-    errors = field_errors(exc)
+    return _fields_problem(status, field_errors(exc))
+
+
+def unstorable(found: Sequence[tuple[str, str]]) -> ApiError:
+    """422 for values that no schema can accept because Postgres cannot store them (NUL, lone
+    surrogates) or JSON cannot carry them (1e400): `found` is (field, message) pairs."""
+    return _fields_problem(422, [{"field": field, "message": message} for field, message in found])
+
+
+def _fields_problem(status: int, errors: list[dict[str, str]]) -> ApiError:
     fields = ", ".join(dict.fromkeys(error["field"] for error in errors))
     return ApiError(status, f"invalid fields: {fields}", slug="validation", errors=errors)
 
@@ -99,6 +117,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(psycopg.Error, _database_error)
     app.register_error_handler(redis.RedisError, _redis_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RemoteProtocolError, _bad_handshake)
     app.register_error_handler(Exception, _unexpected)
 
 
@@ -144,6 +163,23 @@ def _http_error(exc: HTTPException) -> Response | HTTPException:
     if exc.code == 413:
         detail = f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB"
     return problem(exc.code, detail, headers=headers)
+
+
+def _bad_handshake(exc: RemoteProtocolError) -> Response:
+    """A WebSocket upgrade request that wsproto refuses (no key, an unknown version): nothing has
+    been sent yet, so it is answered as wsproto suggests (400, or 426 naming version 13)."""
+    status = getattr(exc.event_hint, "status_code", 400)
+    headers = {
+        _text(name): _text(value) for name, value in getattr(exc.event_hint, "headers", None) or []
+    }
+    status = status if 400 <= status < 500 else 400
+    return problem(
+        status, f"not a WebSocket handshake: {exc}", slug="bad-handshake", headers=headers
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _unexpected(exc: Exception) -> Response:

@@ -1,5 +1,5 @@
 """Gunicorn settings for the Procfile `web` line: threads for websocket tails, one /metrics view
-aggregated over every worker process.
+aggregated over every worker process, an access log (if asked for) that never shows a token.
 
 Gunicorn reads this module's globals, so they are computed when it is loaded (its entry point).
 """
@@ -10,7 +10,10 @@ import os
 import shutil
 from typing import Any
 
+from gunicorn.glogging import Logger
+
 from app.config import ConfigError, Settings
+from app.logs import REDACTED, redact_url
 
 _settings = Settings.from_env()
 
@@ -34,6 +37,30 @@ threads = _int_env("RUNLANE_WEB_THREADS", 64)
 graceful_timeout = 4
 keepalive = 5
 accesslog = "-" if os.environ.get("RUNLANE_ACCESS_LOG") else None
+
+
+class RedactingLogger(Logger):
+    """Gunicorn's logger (its `logger_class` hook), with every access-log atom that can hold a
+    URL stripped of `?token=` values (browsers' tails send one) and the Authorization header
+    blanked, whatever `access_log_format` asks for."""
+
+    URL_ATOMS = ("q", "f", "{query_string}e", "{raw_uri}e", "{http_referer}e", "{referer}i")
+    SECRET_ATOMS = ("{authorization}i", "{http_authorization}e")
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> Any:
+        atoms = super().atoms(resp, req, environ, request_time)
+        uri = redact_url(environ.get("RAW_URI", ""))
+        atoms["r"] = f"{environ.get('REQUEST_METHOD')} {uri} {environ.get('SERVER_PROTOCOL')}"
+        for name in self.URL_ATOMS:
+            if isinstance(atoms.get(name), str):
+                atoms[name] = redact_url(atoms[name])
+        for name in self.SECRET_ATOMS:
+            if name in atoms:
+                atoms[name] = REDACTED
+        return atoms
+
+
+logger_class = RedactingLogger
 errorlog = "-"
 proc_name = "runlane-web"
 # Gunicorn 23+ opens a control socket at one fixed path in $HOME; several web processes on one

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, each with a stable event name."""
+"""Structured logs: one JSON object per line, each with a stable event name. Secrets (tokens)
+never reach a log line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import logging
 import sys
 import time
 from typing import Any
+from urllib.parse import unquote_plus
+
+SECRET_PARAMS = frozenset({"token"})  # browsers pass tail tokens in the query string
+REDACTED = "[redacted]"
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -33,6 +38,22 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def redact_url(url: str) -> str:
+    """`url` (a path with a query, a whole URL or a bare query string) with the value of every
+    secret parameter replaced; the rest is kept as it came."""
+    head, sep, query = url.partition("?") if "?" in url else ("", "", url)
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#" + fragment
+    pairs = query.split("&")
+    for i, pair in enumerate(pairs):
+        # decoded as the server decodes it: `%74oken=` is a token too
+        if unquote_plus(pair.partition("=")[0]) in SECRET_PARAMS:
+            pairs[i] = f"{pair.partition('=')[0]}={REDACTED}"
+    return head + sep + "&".join(pairs) + fragment
 
 
 def get(name: str) -> logging.Logger:

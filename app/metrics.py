@@ -22,6 +22,11 @@ from prometheus_client import (
 )
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Every label value comes from a fixed set, whatever clients send: a label value made from
+# request input (a made-up method, a random path) would be a new time series per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+UNMATCHED = "unmatched"  # every path no route matches (404, and 405s of unknown methods)
 
 
 def multiprocess_dir() -> str | None:
@@ -68,11 +73,10 @@ class Metrics:
 
     def _observe(self, response: Response) -> Response:
         started = g.get("started_at")
-        # Label by route template, never by raw path: ids would make label sets unbounded.
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        self.requests.labels(request.method, route, str(response.status_code)).inc()
+        method, route, status = request_labels(response.status_code)
+        self.requests.labels(method, route, status).inc()
         if started is not None:
-            self.latency.labels(request.method, route).observe(time.perf_counter() - started)
+            self.latency.labels(method, route).observe(time.perf_counter() - started)
         return response
 
     def exposition(self) -> Response:
@@ -82,6 +86,15 @@ class Metrics:
         else:
             registry = self.registry
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def request_labels(status_code: int) -> tuple[str, str, str]:
+    """(method, route, status) of the current request, each from a bounded set."""
+    method = request.method if request.method in METHODS else OTHER
+    # The route template, never the raw path: ids would make label sets unbounded.
+    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    status = str(status_code) if 100 <= status_code <= 599 else OTHER
+    return method, route, status
 
 
 def _start_timer() -> None:

@@ -26,9 +26,17 @@ class Keys:
     def tenant_stream(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:events"
 
-    def cancel(self, run_id: str) -> str:
-        """Set when cancellation of a running attempt is requested; the worker polls it."""
-        return f"{self.prefix}:cancel:{run_id}"
+    def cancel(self, run_id: str, attempt: int) -> str:
+        """Set when cancellation of this attempt of a run is requested; the worker running that
+        attempt polls it. Per attempt, so that a retried run's next attempt never sees it."""
+        return f"{self.prefix}:cancel:{run_id}:{attempt}"
+
+    @property
+    def relay_nudge(self) -> str:
+        """A stream of one entry that a process appends to after a commit that wrote events; the
+        relay blocks on it, so it publishes at once without polling Postgres (a slow poll is its
+        fallback). MAXLEN 1: it stays one entry however long no relay reads it."""
+        return f"{self.prefix}:relay:nudge"
 
     @property
     def epoch(self) -> str:

@@ -234,6 +234,23 @@ class QueueList(Response):
     items: list[QueueOut]
 
 
+class WorkerOut(Response):
+    """A live worker process; `running` holds only the caller's runs."""
+
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: datetime
+    last_heartbeat: datetime
+    running: list[str] = Field(description="ids of the caller's runs it is running")
+
+
+class WorkerList(Response):
+    items: list[WorkerOut]
+
+
 class TaskOut(Response):
     name: str
     queue: str

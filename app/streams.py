@@ -235,7 +235,10 @@ Fetch = Callable[[int], list[Entry]]  # entries numbered above n, from Postgres,
 class Follower:
     """Yields a stream's entries numbered above `after`, each once and in order, filling what
     Redis did not bring (missed, trimmed, lost) from Postgres. Yields None after each idle
-    interval, so that its caller can check on its client (or send a heartbeat)."""
+    interval, so that its caller can check on its client (or send a heartbeat).
+
+    It ends after a terminal entry (`until_terminal`) or once it has delivered entry `end`; a
+    follower whose `after` is already at or past `end` ends at once, without subscribing."""
 
     def __init__(
         self,
@@ -246,17 +249,21 @@ class Follower:
         after: int,
         start: int,
         until_terminal: bool,
+        end: int | None = None,
         accept: Callable[[Entry], bool] = lambda entry: True,
         idle_s: float = IDLE_SECONDS,
     ) -> None:
         self.hub, self.stream, self.fetch = hub, stream, fetch
         self.last, self.start = after, start
         self.until_terminal = until_terminal
+        self.end = end
         self.accept = accept
         self.idle_s = idle_s
-        self.finished = False
+        self.finished = end is not None and after >= end
 
     def __iter__(self) -> Iterator[Entry | None]:
+        if self.finished:
+            return
         # Subscribing before reading Postgres: whatever is published meanwhile is not missed.
         with self.hub.subscribe(self.stream, self.start) as sub:
             yield from self._catch_up()
@@ -300,15 +307,25 @@ class Follower:
         self.last = entry.number
         if self.accept(entry):
             yield entry
-        if self.until_terminal and entry.terminal:
+        if (self.until_terminal and entry.terminal) or (
+            self.end is not None and self.last >= self.end
+        ):
             self.finished = True
 
 
 def follow_run(
-    pool: ConnectionPool, hub: StreamHub, run_id: str, *, after: int, last_seq: int
+    pool: ConnectionPool,
+    hub: StreamHub,
+    run_id: str,
+    *,
+    after: int,
+    last_seq: int,
+    terminal: bool = False,
 ) -> Follower:
     """A run's events with seq > after, history first; it ends after a terminal event.
-    `last_seq` is the run's last seq when the tail began: the stream is read from there on."""
+    `last_seq` is the run's last seq when the tail began: the stream is read from there on.
+    `terminal`: the run had ended by then, so nothing past `last_seq` is waited for; a tail
+    resumed at or past it ends at once instead of waiting forever for an event that came."""
 
     def fetch(n: int) -> list[Entry]:
         with pool.connection() as conn:
@@ -318,6 +335,7 @@ def follow_run(
     return Follower(
         hub, hub.keys.run_stream(run_id), fetch,
         after=after, start=max(after, last_seq), until_terminal=True,
+        end=last_seq if terminal else None,
     )  # fmt: skip
 
 

@@ -1,15 +1,20 @@
 """Test helpers for the relay and the tails: making runs emit events, waiting until a run's outbox
-reached its stream, and websocket tails that collect what they receive until the terminal event."""
+reached its stream, websocket tails that collect what they receive until the terminal event, and
+an EventSource that reconnects as a browser's does."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import psycopg
+import requests
+from httpx_sse import connect_sse
 from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -17,9 +22,10 @@ from websockets.sync.client import connect
 from app import runs
 from app.domain import Run
 from app.redis_keys import Keys, stream_number
-from tests.helpers import wait_for
+from tests.helpers import Stack, wait_for
 
 TERMINAL = {"run.succeeded", "run.failed", "run.cancelled"}
+ALPHA = {"Authorization": "Bearer tok-alpha"}
 
 
 Conn = psycopg.Connection[Any]
@@ -43,6 +49,29 @@ def started_run(conn: Conn, tenant: str = "alpha", queue: str = "default") -> Ru
     claimed = runs.claim_attempt(conn, run.id, worker="test", lease_s=60)
     assert claimed is not None
     return claimed
+
+
+def submit(stack: Stack, steps: int = 40, interval_ms: int = 25, headers: Any = None) -> str:
+    """A demo.progress run submitted to a running stack; its id."""
+    response = requests.post(
+        f"{stack.base}/v1/runs",
+        json={"task": "demo.progress", "input": {"steps": steps, "interval_ms": interval_ms}},
+        headers=headers or ALPHA,
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def finished_run(stack: Stack, steps: int = 3) -> dict[str, Any]:
+    """A demo.progress run of a running stack, once it has succeeded."""
+    run_id = submit(stack, steps=steps, interval_ms=5)
+
+    def done() -> dict[str, Any] | None:
+        run = requests.get(f"{stack.base}/v1/runs/{run_id}", headers=ALPHA, timeout=10).json()
+        return run if run["status"] == "succeeded" else None
+
+    return wait_for(done, 30, 0.05, message=f"run {run_id} to succeed")
 
 
 def emit_progress(conn: psycopg.Connection[Any], run: Run, steps: int) -> None:
@@ -144,3 +173,49 @@ def assert_complete(events: list[dict[str, Any]], after: int = 0) -> None:
 
 def deadline(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+def close_code_at_once(url: str, timeout: float = 5) -> int | None:
+    """Connects a websocket tail that should get nothing and be closed by the server at once:
+    its close code (fails if a message comes, or if the server keeps it open past `timeout`)."""
+    with connect(url, open_timeout=10) as ws:
+        try:
+            message = ws.recv(timeout=timeout)
+        except ConnectionClosed:
+            return ws.close_code
+        raise AssertionError(f"expected the tail to close at once, got {message!r}")
+
+
+@dataclass
+class EventSourceLog:
+    """What an EventSource saw: each event as {"id", "event", **data}, each connection's status."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+
+def event_source(
+    url: str, headers: dict[str, str] | None = None, *, last_event_id: int | None = None,
+    max_connections: int = 5, read_timeout: float = 5,
+) -> EventSourceLog:  # fmt: skip
+    """Follows `url` as a browser's EventSource does: whenever the stream ends it reconnects
+    with Last-Event-ID set to the last id it got, until an answer other than a 200 stream (a
+    204 stops a browser for good). Fails if the server keeps a stream open with nothing to send
+    for `read_timeout`, or makes it reconnect more than `max_connections` times. (A browser
+    waits `retry:` ms before reconnecting; nothing here depends on that wait, so it is skipped.)
+    """
+    seen = EventSourceLog()
+    last = str(last_event_id) if last_event_id is not None else None
+    timeout = httpx.Timeout(10, read=read_timeout)
+    with httpx.Client(timeout=timeout) as client:
+        while len(seen.statuses) < max_connections:
+            sent = {**(headers or {}), **({"Last-Event-ID": last} if last else {})}
+            with connect_sse(client, "GET", url, headers=sent) as source:
+                seen.statuses.append(source.response.status_code)
+                if source.response.status_code != 200:
+                    return seen
+                for sse in source.iter_sse():
+                    last = sse.id or last
+                    if sse.data:  # the `retry:` block dispatches nothing in a browser
+                        seen.events.append({"id": int(sse.id), "event": sse.event, **sse.json()})
+    raise AssertionError(f"still reconnecting after {max_connections} connections: {seen}")

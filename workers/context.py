@@ -37,6 +37,7 @@ class WorkerShutdown(AttemptStopped):
 
 
 Report = Callable[[Run, str, dict[str, Any]], bool]
+LOG_LEVELS = ("debug", "info", "warning", "error")  # the levels of run.log events (contract §2)
 
 
 class Attempt:
@@ -221,7 +222,10 @@ class AttemptContext:
         self._write("progress", data)
 
     def log(self, message: str, level: str = "info") -> None:
-        self._write("log", {"message": str(message), "level": str(level)})
+        if level not in LOG_LEVELS:  # refused before anything is written, so clients see only these
+            allowed = ", ".join(LOG_LEVELS)
+            raise ValueError(f"ctx.log level must be one of {allowed}; got {level!r}")
+        self._write("log", {"message": str(message), "level": level})
 
     @property
     def cancel_requested(self) -> bool:

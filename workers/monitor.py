@@ -93,7 +93,7 @@ class Monitor(threading.Thread):
     def _poll_cancel(self, attempt: Attempt) -> None:
         if attempt.cancel.is_set():
             return
-        if self.services.redis.exists(self.services.keys.cancel(attempt.run.id)):
+        if self.services.redis.exists(cancel_key(self.services, attempt)):
             attempt.notice_cancel()
 
     def _renew_leases(self) -> None:
@@ -147,8 +147,14 @@ class ThreadedMonitor(Monitor):
             return
         with self.services.redis.pipeline(transaction=False) as pipe:
             for attempt in watched:
-                pipe.exists(self.services.keys.cancel(attempt.run.id))
+                pipe.exists(cancel_key(self.services, attempt))
             found = pipe.execute()
         for attempt, exists in zip(watched, found, strict=True):
             if exists:
                 attempt.notice_cancel()
+
+
+def cancel_key(services: Services, attempt: Attempt) -> str:
+    """The cancel flag of this very attempt: one left for an earlier attempt of the run (a cancel
+    that arrived late) never stops it."""
+    return services.keys.cancel(attempt.run.id, attempt.run.attempt)

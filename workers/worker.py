@@ -25,6 +25,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from app import logs
 from app.config import Settings
+from app.live_workers import CONCURRENCY_FIELD, LIVENESS_S
 from app.redis_keys import POP_RUN_IDS, Keys
 from app.services import REDIS_DOWN, Services
 from workers.concurrent import ConcurrentLoop, idle_too_long
@@ -38,7 +39,6 @@ MAX_BATCH = 128
 BATCH_BUDGET_S = 0.005  # a batch's expected task time: the longest a claimed run waits in hand
 SHUTDOWN_GRACE_S = 4.0  # under honcho's 5 s between SIGTERM and SIGKILL
 IDLE_WAIT_S = 1.0  # a blocking pop wakes this often to notice a stop request
-LIVENESS_TTL_S = 15  # RQ's worker key expires this long after the last heartbeat
 
 
 class RunlaneWorker(SimpleWorker):
@@ -80,6 +80,14 @@ class RunlaneWorker(SimpleWorker):
         if not logging.getLogger().handlers:
             logs.configure()
         self.bootstrap(logging_level or "INFO", date_format, log_format)
+        try:
+            return self._work(burst, max_jobs, max_idle_time)
+        finally:
+            # also when start-up failed (Postgres away, a task module that does not import):
+            # the registration goes at once rather than being counted live until it expires
+            self._close()
+
+    def _work(self, burst: bool, max_jobs: int | None, max_idle_time: int | None) -> bool:
         if self.settings.worker_concurrency > 1:
             return self._work_concurrently(burst, max_jobs, max_idle_time)
         services = self._services = Services.build(
@@ -90,10 +98,7 @@ class RunlaneWorker(SimpleWorker):
         executor.signals = _in_main_thread()
         monitor = self._monitor = Monitor(executor, services, self._heartbeat)
         monitor.start()
-        try:
-            return self._loop(burst, max_jobs, max_idle_time) > 0
-        finally:
-            self._close()
+        return self._loop(burst, max_jobs, max_idle_time) > 0
 
     def _work_concurrently(
         self, burst: bool, max_jobs: int | None, max_idle_time: int | None
@@ -107,10 +112,7 @@ class RunlaneWorker(SimpleWorker):
         self._install_signal_handlers()
         monitor = self._monitor = ThreadedMonitor(executor, services, self._heartbeat)
         monitor.start()
-        try:
-            return ConcurrentLoop(self, executor, size).run(burst, max_jobs, max_idle_time) > 0
-        finally:
-            self._close()
+        return ConcurrentLoop(self, executor, size).run(burst, max_jobs, max_idle_time) > 0
 
     def _close(self) -> None:
         if self._monitor is not None:
@@ -224,12 +226,22 @@ class RunlaneWorker(SimpleWorker):
         """Stop as a first SIGTERM would, from any thread (tests, embedding)."""
         self._stop_requested = True
 
+    def register_birth(self) -> None:
+        super().register_birth()
+        # RQ's birth expiry is its worker TTL + 60 s (8 min by default): a worker that dies
+        # before its first heartbeat (start-up) must leave the registrations as fast as a killed one
+        self.connection.expire(self.key, LIVENESS_S)
+
+    def serialize(self) -> dict[Any, Any]:
+        """RQ's worker hash, plus what GET /v1/workers shows of runlane's own."""
+        return {**super().serialize(), CONCURRENCY_FIELD: self.settings.worker_concurrency}
+
     def _heartbeat(self) -> None:
         if not self.connection.sismember(self.redis_workers_keys, self.key):
             self._register_again()
-        # A short expiry (the monitor beats every 5 s) so that a killed worker leaves
-        # rq.Worker.all, and so GET /v1/queues' live worker counts, within seconds, not RQ's 8 min.
-        self.heartbeat(timeout=LIVENESS_TTL_S)
+        # A short expiry (the monitor beats every 5 s) so that a killed worker leaves the
+        # registrations, and so GET /v1/queues and /v1/workers, within seconds, not RQ's 8 min.
+        self.heartbeat(timeout=LIVENESS_S)
 
     def _register_again(self) -> None:
         """Redis restarted empty: be counted among the live workers again. (RQ's register_birth

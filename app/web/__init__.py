@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, request
@@ -20,13 +21,14 @@ from app.services import Services
 
 WEB_POOL_SIZE = 20  # per web process; embedded Postgres allows 100 connections in all
 MAX_JSON_DEPTH = 200
+MAX_FIELD_ERRORS = 20  # a body full of bad values gets a short answer, not one line per value
 M = TypeVar("M", bound=BaseModel)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """The Flask app. Without arguments (gunicorn's `app.web:create_app()`) it is the entry
     point: it reads the environment and configures logging."""
-    from app.web import ops, queues_api, runs_api, schedules_api, tails
+    from app.web import ops, queues_api, runs_api, schedules_api, tails, workers_api
 
     if services is None:
         if settings is None:
@@ -44,7 +46,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)
     errors.register(app)
-    for blueprint in (runs_api.bp, queues_api.bp, schedules_api.bp, ops.bp, tails.bp):
+    blueprints = (runs_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     tails.init_app(app)
     return app
@@ -69,7 +72,8 @@ def metrics() -> Metrics:
 
 def read_json() -> Any:
     """The request body as JSON: 413 past MAX_CONTENT_LENGTH (chunked bodies too), 400 if it is
-    not JSON, 422 if it nests deeper than anything sane (it would only strain Postgres)."""
+    not JSON, 422 if it nests deeper than anything sane (it would only strain Postgres) or holds
+    values Postgres cannot store, naming where they are."""
     raw = request.get_data(cache=True)
     if request.content_length is None and len(raw) >= MAX_BODY_BYTES and _more_input():
         raise RequestEntityTooLarge()  # a chunked body is cut at the limit rather than refused
@@ -84,6 +88,9 @@ def read_json() -> Any:
             slug="validation",
             errors=[{"field": "body", "message": "nested too deeply"}],
         )
+    unstorable = _unstorable(body)
+    if unstorable:
+        raise errors.unstorable(unstorable)
     return body
 
 
@@ -96,8 +103,13 @@ def validate(model: type[M], data: Any, *, status: int = 422, **context: Any) ->
 
 
 def query_args() -> dict[str, str]:
-    """The query string, first value of each parameter; `?status=` counts as not given."""
-    return {name: value for name, value in request.args.items() if value != ""}
+    """The query string, first value of each parameter; `?status=` counts as not given. A NUL
+    can be in no stored value (Postgres text refuses it): 422 naming the parameter."""
+    args = {name: value for name, value in request.args.items() if value != ""}
+    bad = [(name, message) for name, value in args.items() if (message := _bad_text(value))]
+    if bad:
+        raise errors.unstorable(bad)
+    return args
 
 
 def _more_input() -> bool:
@@ -107,6 +119,42 @@ def _more_input() -> bool:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
+
+
+def _bad_text(text: str) -> str | None:
+    """Why Postgres (text or jsonb) cannot store `text`, if it cannot."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone UTF-16 surrogate (e.g. \\ud800), which is not Unicode text"
+    return None
+
+
+def _unstorable(body: Any) -> list[tuple[str, str]]:
+    """Where the parsed body holds what Postgres's jsonb refuses (NUL, lone surrogates) or what
+    JSON cannot say (numbers past a double, which Python parses as inf), as (field, message):
+    the field as the API names fields, `input.items[2].text`."""
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack and len(found) < MAX_FIELD_ERRORS:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, child in reversed(value.items()):
+                message = _bad_text(key)
+                if message is None:
+                    stack.append((child, f"{path}.{key}" if path else key))
+                else:
+                    found.append((path or "body", f"has a key that {message}"))
+        elif isinstance(value, list):
+            items = reversed(list(enumerate(value)))
+            stack.extend((child, f"{path or 'body'}[{i}]") for i, child in items)
+        elif isinstance(value, str) and (message := _bad_text(value)):
+            found.append((path or "body", message))
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append((path or "body", "is out of range: not a finite double"))
+    return found
 
 
 def _depth(value: Any) -> int:

@@ -8,9 +8,8 @@ from typing import Any
 
 from flask import Blueprint
 from redis import RedisError
-from rq import Worker
 
-from app import dispatch, logs, runs
+from app import dispatch, live_workers, logs, runs
 from app.auth import require_tenant, tenant
 from app.db import q
 from app.domain import Run, RunStatus
@@ -107,17 +106,16 @@ def _paused(conn: Conn, queue: str | None) -> set[str]:
 
 
 def _live_workers() -> Counter[str]:
-    """Live RQ workers per runlane queue, read from the worker registrations in Redis."""
+    """Live workers per runlane queue (app.live_workers: heartbeating now)."""
     svc = services()
     served: Counter[str] = Counter()
     try:
-        workers = Worker.all(connection=svc.redis)
+        workers = live_workers.live_workers(svc.redis, svc.keys)
     except RedisError as exc:  # counts and pauses still come from Postgres
         log.warning("queues.workers_unavailable", extra={"error": str(exc)})
         return served
     for worker in workers:
-        names = {_runlane_queue(rq_name, svc.keys.prefix) for rq_name in worker.queue_names()}
-        served.update(name for name in names if name)
+        served.update(worker.queues)
     return served
 
 

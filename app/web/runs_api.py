@@ -13,7 +13,7 @@ from flask import Blueprint, Response, request
 from redis import RedisError
 
 from app import dispatch, idempotency, logs, runs
-from app.auth import require_tenant, tenant
+from app.auth import query_token, require_tenant, tenant
 from app.domain import Run, RunStatus
 from app.errors import ApiError
 from app.idempotency import Claim
@@ -79,10 +79,11 @@ def cancel_run(run_id: str) -> dict[str, Any]:
     with svc.pool.connection() as conn:
         run = runs.request_cancel(conn, tenant(), run_id)
     if run.status is RunStatus.RUNNING:
-        # The worker polls this flag every few hundred ms; without it (Redis down) it still
-        # learns of the request from Postgres at its next heartbeat.
+        # The worker polls this attempt's flag every few hundred ms (the run's next attempt,
+        # after a retry, has a flag of its own); without it (Redis down) it still learns of the
+        # request from Postgres at its next heartbeat.
         try:
-            svc.redis.set(svc.keys.cancel(run.id), "1", ex=CANCEL_FLAG_TTL_S)
+            svc.redis.set(svc.keys.cancel(run.id, run.attempt), "1", ex=CANCEL_FLAG_TTL_S)
         except RedisError as exc:
             log.warning("cancel.flag_failed", extra={"run_id": run.id, "error": str(exc)})
     return run.to_json()
@@ -98,9 +99,10 @@ def retry_run(run_id: str) -> dict[str, Any]:
 
 
 @bp.get("/runs/<run_id>/events")
+@query_token(when=tails.wants_event_stream)  # an EventSource cannot set headers
 def list_events(run_id: str) -> Any:
     query = validate(EventListQuery, query_args(), status=400)
-    sse = _wants_event_stream()
+    sse = tails.wants_event_stream()
     with services().pool.connection() as conn:
         run = runs.get_run(conn, tenant(), run_id)
         events = [] if sse else runs.list_events(conn, run.id, after=query.after, limit=query.limit)
@@ -244,11 +246,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), str(uuid.UUID(run_id))
     except (ValueError, binascii.Error) as exc:
         raise _bad_query("cursor", "not a cursor this API gave out") from exc
-
-
-def _wants_event_stream() -> bool:
-    # Explicitly asked for: "*/*" (curl's default) still gets the JSON history.
-    return any(m == "text/event-stream" and q > 0 for m, q in request.accept_mimetypes)
 
 
 def _last_event_id() -> int:

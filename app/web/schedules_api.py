@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from app.db import jsonb, q
 from app.domain import rfc3339
 from app.errors import ApiError
 from app.runs import Conn
-from app.schemas import ScheduleCreate
+from app.schemas import NAME_PATTERN, ScheduleCreate
 from app.web import read_json, services, validate
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1")
@@ -47,7 +48,9 @@ def list_schedules() -> dict[str, Any]:
 
 @bp.delete("/schedules/<name>")
 def delete_schedule(name: str) -> Response:
-    if not _query("delete_schedule", {"tenant": tenant(), "name": name}):
+    # A name no schedule can have (say with a NUL, which Postgres would refuse) is simply absent.
+    valid = re.fullmatch(NAME_PATTERN, name) is not None
+    if not valid or not _query("delete_schedule", {"tenant": tenant(), "name": name}):
         raise ApiError(404, f"no schedule named {name!r}", slug="schedule-not-found")
     return Response(status=204)
 

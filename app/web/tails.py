@@ -1,8 +1,9 @@
 """Live tails of runs: WebSocket and Server-Sent Events over the relay's Redis Streams.
 
 Every check (token, run, cursor) is answered before the WebSocket upgrade, as a problem+json
-response. After it, each tail follows its stream through the process's one stream reader
-(app.streams), which fills from Postgres whatever Redis does not bring.
+response, in that order; a plain GET that passes them gets 426. After the upgrade, each tail
+follows its stream through the process's one stream reader (app.streams), which fills from
+Postgres whatever Redis does not bring.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_sock import Sock
 
 from app import runs, streams
-from app.auth import CHALLENGE, authenticate, bearer_token
+from app.auth import CHALLENGE, authenticate, request_token
 from app.domain import Run
 from app.errors import ApiError, problem
 from app.streams import Entry, StreamHub
@@ -37,6 +38,10 @@ def init_app(app: Flask) -> None:
     sock = Sock()
     sock.route("/v1/runs/<run_id>/tail", bp=ws)(run_tail)
     sock.route("/v1/tail", bp=ws)(tenant_tail)
+    # flask-sock's rules match WebSocket requests only: without these plain-HTTP twins, routing
+    # would refuse a plain GET (400) before the token and run checks above could answer.
+    ws.add_url_rule("/v1/runs/<run_id>/tail", "run_tail_http", upgrade_required)
+    ws.add_url_rule("/v1/tail", "tenant_tail_http", upgrade_required)
     app.register_blueprint(ws)
     sock.init_app(app)
     app.extensions["runlane.sock"] = sock
@@ -59,7 +64,8 @@ def hub() -> StreamHub:
 
 
 def _check_before_upgrade() -> Response | None:
-    """Answer 400/401/404 as problem+json while it is still HTTP; stash what the tail needs."""
+    """Answer 401, 404, then 400 as problem+json while it is still HTTP; stash what the tail
+    needs."""
     try:
         g.tail_tenant = _tenant()
         if request.view_args and "run_id" in request.view_args:
@@ -80,9 +86,18 @@ def _check_before_upgrade() -> Response | None:
     return None
 
 
+def upgrade_required(**_: str) -> Response:
+    """A plain GET of a tail that passed every check: it must be a WebSocket (RFC 9110 426)."""
+    return problem(
+        426,
+        "this is a WebSocket route: connect with Upgrade: websocket",
+        slug="upgrade-required",
+        headers={"Upgrade": "websocket"},
+    )
+
+
 def _tenant() -> str:
-    token = bearer_token() or request.args.get("token")
-    tenant = authenticate(token)
+    tenant = authenticate(request_token(query=True))
     if tenant is None:
         raise ApiError(401, "a valid token is required", slug="unauthorized", headers=CHALLENGE)
     return tenant
@@ -105,11 +120,9 @@ def _bad(field: str, message: str) -> ApiError:
 
 
 def run_tail(ws: Any, run_id: str) -> None:
-    """WebSocket /v1/runs/{id}/tail?after=N: history, then live; close 1000 after the end."""
-    run: Run = g.tail_run
-    follower = streams.follow_run(
-        services().pool, hub(), run.id, after=g.tail_after, last_seq=run.last_seq
-    )
+    """WebSocket /v1/runs/{id}/tail?after=N: history, then live; close 1000 after the end (at
+    once when the run had finished and N is at or past its last event)."""
+    follower = _follow(g.tail_run, g.tail_after)
     if _send_all(ws, follower, lambda entry: entry.event):
         ws.close(1000, "run finished")
 
@@ -146,14 +159,37 @@ def _send_all(ws: Any, follower: streams.Follower, render: Any) -> bool:
 # --- Server-Sent Events -----------------------------------------------------------------------
 
 
+def wants_event_stream() -> bool:
+    """Whether GET /v1/runs/{id}/events is asked for as SSE: explicitly, as an EventSource
+    does; "*/*" (curl's default) still gets the JSON history."""
+    return any(m == "text/event-stream" and q > 0 for m, q in request.accept_mimetypes)
+
+
+def _follow(run: Run, after: int) -> streams.Follower:
+    return streams.follow_run(
+        services().pool,
+        hub(),
+        run.id,
+        after=after,
+        last_seq=run.last_seq,
+        terminal=run.status.terminal,
+    )
+
+
 def sse_response(run: Run, after: int) -> Response:
     """GET /v1/runs/{id}/events as text/event-stream: `id:` seq, `event:` type, history then
-    live, ending after the terminal event; comments as heartbeats while idle."""
-    follower = streams.follow_run(
-        services().pool, hub(), run.id, after=after, last_seq=run.last_seq
-    )
+    live, ending after the terminal event; comments as heartbeats while idle.
+
+    An EventSource reconnects whenever a stream ends, with Last-Event-ID set to the last id it
+    got; only a 204 (or an error status) makes it stop for good. So the stream ends after the
+    terminal event, and the reconnect that follows, a finished run with nothing after the
+    cursor, gets 204 No Content rather than a stream that would never send anything: without
+    it every finished run left open in a browser tab would hold a server thread forever.
+    """
+    if run.status.terminal and after >= run.last_seq:
+        return Response(status=204)
     return Response(
-        _sse(follower),
+        _sse(_follow(run, after)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

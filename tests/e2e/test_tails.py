@@ -4,7 +4,6 @@ duplicate-free across client reconnects, relay deaths, Redis being emptied and r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,17 @@ from websockets.sync.client import connect
 from app.client import ApiError, Client
 from app.embedded import EmbeddedServers
 from tests.helpers import Stack, wait_for
-from tests.tails import Tail, assert_complete
+from tests.tails import (
+    ALPHA,
+    Tail,
+    assert_complete,
+    close_code_at_once,
+    event_source,
+    finished_run,
+    submit,
+)
 
 pytestmark = pytest.mark.e2e
-ALPHA = {"Authorization": "Bearer tok-alpha"}
-
-
-def submit(stack: Stack, steps: int = 40, interval_ms: int = 25, headers: Any = None) -> str:
-    response = requests.post(
-        f"{stack.base}/v1/runs",
-        json={"task": "demo.progress", "input": {"steps": steps, "interval_ms": interval_ms}},
-        headers=headers or ALPHA,
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 def seen(tail: Tail, n: int) -> bool:
@@ -105,32 +100,23 @@ def test_fifty_tails_on_one_web_process_all_complete(stack_factory: Any) -> None
         assert_complete(tail.wait_terminal(60))
 
 
-def sse_events(stack: Stack, run_id: str, last_event_id: int) -> Iterator[dict[str, Any]]:
-    headers = {**ALPHA, "Accept": "text/event-stream", "Last-Event-ID": str(last_event_id)}
-    with requests.get(
-        f"{stack.base}/v1/runs/{run_id}/events", headers=headers, stream=True, timeout=30
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        for line in response.iter_lines(decode_unicode=True):
-            if line == "" and "data" in fields:
-                yield {
-                    "id": int(fields["id"]),
-                    "event": fields["event"],
-                    **json.loads(fields["data"]),
-                }
-                fields = {}
-            elif line and not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-
-
 def test_sse_resumes_after_last_event_id_and_ends_after_the_terminal_event(stack: Stack) -> None:
     run_id = submit(stack, steps=20, interval_ms=20)
-    events = list(sse_events(stack, run_id, last_event_id=3))
-    assert_complete(events, after=3)
-    assert all(e["id"] == e["seq"] and e["event"] == e["type"] for e in events)
+    url = f"{stack.base}/v1/runs/{run_id}/events"
+    seen = event_source(url, ALPHA, last_event_id=3)
+    assert_complete(seen.events, after=3)
+    assert all(e["id"] == e["seq"] and e["event"] == e["type"] for e in seen.events)
+    assert seen.statuses == [200, 204]  # the stream ended; its reconnect was told to stop
+
+
+def test_a_tail_resumed_at_or_past_a_finished_runs_end_closes_at_once(stack: Stack) -> None:
+    run = finished_run(stack)
+    url = f"{stack.base.replace('http://', 'ws://')}/v1/runs/{run['id']}/tail?token=tok-alpha"
+    for after in (run["last_seq"], run["last_seq"] + 5):
+        assert close_code_at_once(f"{url}&after={after}") == 1000, after
+    last = Tail(stack.base, run["id"], after=run["last_seq"] - 1).start()
+    assert [e["type"] for e in last.wait_terminal()] == ["run.succeeded"]
+    assert last.close_codes == [1000]
 
 
 def test_tail_refusals_come_before_the_upgrade(stack: Stack) -> None:
@@ -149,6 +135,39 @@ def test_tail_refusals_come_before_the_upgrade(stack: Stack) -> None:
             connect(ws_base + path, open_timeout=10)
         assert refused.value.response.status_code == status, path
         assert refused.value.response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_plain_get_of_a_tail_is_checked_like_a_websocket_then_gets_426(stack: Stack) -> None:
+    run_id = submit(stack, steps=1)
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Authorization": "Bearer tok-alpha"}
+    future = {
+        **upgrade,
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "99",
+    }
+    cases = [
+        (f"/v1/runs/{run_id}/tail", {}, 401),
+        (f"/v1/runs/{run_id}/tail?token=nope", {}, 401),
+        (f"/v1/runs/{run_id}/tail", {"Authorization": "Bearer tok-beta"}, 404),
+        ("/v1/runs/00000000-0000-0000-0000-000000000000/tail?token=tok-alpha", {}, 404),
+        (f"/v1/runs/{run_id}/tail?token=tok-alpha&after=x", {}, 400),
+        (f"/v1/runs/{run_id}/tail?token=tok-alpha", {}, 426),
+        (f"/v1/runs/{run_id}/tail", ALPHA, 426),
+        (f"/v1/runs/{run_id}/tail", upgrade, 400),  # an upgrade, but no handshake
+        (f"/v1/runs/{run_id}/tail", future, 426),  # a WebSocket version other than 13
+        ("/v1/tail", {}, 401),
+        ("/v1/tail?token=tok-alpha", {}, 426),
+    ]
+    for path, headers, status in cases:
+        response = requests.get(stack.base + path, headers=headers, timeout=10)
+        assert response.status_code == status, (path, response.text)
+        assert response.headers["Content-Type"] == "application/problem+json"
+        if status == 426 and headers is future:
+            assert response.headers["Sec-WebSocket-Version"] == "13"
+        elif status == 426:
+            assert response.headers["Upgrade"] == "websocket"
+        if status == 401:
+            assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
 def tenant_messages(stack: Stack, count: int, **params: str) -> list[dict[str, Any]]:

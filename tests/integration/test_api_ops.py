@@ -81,6 +81,7 @@ CONTRACT_PATHS = {
     "/v1/queues/{name}/pause": {"post"},
     "/v1/queues/{name}/resume": {"post"},
     "/v1/tasks": {"get"},
+    "/v1/workers": {"get"},
     "/v1/schedules": {"get", "post"},
     "/v1/schedules/{name}": {"delete"},
     "/healthz": {"get"},

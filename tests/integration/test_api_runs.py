@@ -275,7 +275,7 @@ def test_cancel_a_running_run_flags_it_for_the_worker(
     response = client.post(f"/v1/runs/{run['id']}/cancel", headers=ALPHA)
     assert response.status_code == 200
     assert response.get_json()["status"] == "running"
-    flag = services.keys.cancel(run["id"])
+    flag = services.keys.cancel(run["id"], response.get_json()["attempt"])
     assert services.redis.exists(flag) and 0 < services.redis.ttl(flag) <= 86400
 
 

@@ -157,8 +157,8 @@ def cancel_soon(services, run_id: str) -> threading.Thread:
     def cancel() -> None:
         wait_for(lambda: load(services, run_id).status is RunStatus.RUNNING, 10)
         with services.pool.connection() as conn:
-            runs.request_cancel(conn, TENANT, run_id)
-        services.redis.set(services.keys.cancel(run_id), 1, ex=60)
+            run = runs.request_cancel(conn, TENANT, run_id)
+        services.redis.set(services.keys.cancel(run_id, run.attempt), 1, ex=60)
 
     thread = threading.Thread(target=cancel, daemon=True)
     thread.start()

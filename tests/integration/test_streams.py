@@ -180,3 +180,16 @@ def test_follow_tenant_says_gap_when_events_after_the_cursor_were_deleted(
     got = collect(follower, until=3)
     assert got[0] is GAP
     assert [e.number for e in got[1:]] == [3, 4]
+
+
+def test_follow_run_of_a_finished_run_ends_at_once_from_its_last_event_on(conn, pool, hub) -> None:
+    run = started_run(conn)
+    runs.finish_attempt(conn, run, None)  # seq 3, the last
+    for after in (3, 10):
+        follower = follow_run(pool, hub, run.id, after=after, last_seq=3, terminal=True)
+        started = time.monotonic()
+        assert collect(follower, timeout=3) == []
+        assert time.monotonic() - started < 0.5  # not after an idle poll, let alone never
+    assert hub.subscriber_count == 0
+    got = collect(follow_run(pool, hub, run.id, after=2, last_seq=3, terminal=True))
+    assert [(e.number, e.type) for e in got] == [(3, "run.succeeded")]

@@ -180,6 +180,8 @@ SELECT * FROM r;
 
 -- name: request_cancel_running
 -- The run stays running until its worker stops the attempt and calls cancel_running.
+-- cancel_requested_at so belongs to the attempt running now: every way out of 'running' with it
+-- set ends the run cancelled, and retry_run clears it for the next attempt.
 UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
                 cancel_reason = COALESCE(cancel_reason, %(reason)s)
 WHERE id = %(id)s AND tenant = %(tenant)s AND status = 'running'
