@@ -50,6 +50,12 @@ def enqueue(
             ],
             pipeline=pipe,
         )
+    nudge_relay(pipe, keys)  # every dispatch follows a commit that wrote a run.queued event
     if pipeline is None:
         pipe.execute()
     return sum(len(batch) for batch in by_queue.values())
+
+
+def nudge_relay(target: Redis | Pipeline, keys: Keys) -> None:
+    """Wake the relay after a commit that wrote events (see Keys.relay_nudge)."""
+    target.xadd(keys.relay_nudge, {"n": 1}, maxlen=1, approximate=False)

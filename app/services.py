@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from psycopg_pool import ConnectionPool
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from app import db, tasks
+from app import db, dispatch, tasks
 from app.config import Settings
 from app.redis_keys import Keys
 
@@ -38,6 +40,12 @@ class Services:
             keys=Keys(settings.prefix),
             registry=registry,
         )
+
+    def nudge_relay(self, pipeline: Pipeline | None = None) -> None:
+        """After a commit that wrote events: wake the relay now. Best effort, so never in the way
+        of the commit's caller: a lost nudge costs at most the relay's fallback poll."""
+        with contextlib.suppress(*REDIS_DOWN):
+            dispatch.nudge_relay(pipeline if pipeline is not None else self.redis, self.keys)
 
     def close(self) -> None:
         self.pool.close()

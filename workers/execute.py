@@ -102,7 +102,9 @@ class Executor:
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
         """A task's progress or log line, committed with its event at once; True if cancelled."""
-        return self._reconnecting(lambda conn: _report(conn, run, kind, data))
+        cancelled = self._reconnecting(lambda conn: _report(conn, run, kind, data))
+        self.services.nudge_relay()
+        return cancelled
 
     def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
         """The task called where the monitor and the stop signals can see it."""
@@ -146,12 +148,15 @@ class Executor:
 
     def _group_commit(self, changes: list[Change]) -> list[Run | None]:
         try:
-            return self._reconnecting(lambda conn: runs.group_commit(conn, changes))
+            done = self._reconnecting(lambda conn: runs.group_commit(conn, changes))
         except psycopg.Error:
             # One bad change must not sink the batch: apply them one by one, each on its own.
             log.exception("execute.group_commit_failed")
             self._reconnect_if_broken()
-            return [self._single(change) for change in changes]
+            done = [self._single(change) for change in changes]
+        if any(run is not None for run in done):
+            self.services.nudge_relay()  # each change that went through wrote its event
+        return done
 
     def _single(self, change: Change) -> Run | None:
         try:

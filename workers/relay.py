@@ -27,9 +27,11 @@ log = logs.get("runlane.relay")
 
 RELAY_LOCK = 72_616_102  # advisory lock key: whoever holds it is the active relay
 BATCH_LIMIT = 2000
-# How often an idle relay looks for new rows. A poll of the unpublished-rows index costs well under
-# a millisecond; LISTEN/NOTIFY would be cheaper to wait on but serialises every writer's commit.
-POLL_SECONDS = 0.005
+# An idle relay blocks on a Redis list that committing processes push to (app.relay_nudge), and
+# polls Postgres this often when nothing nudges it: a process that died between its commit and
+# its nudge, or a writer that does not nudge. LISTEN/NOTIFY would need no Redis but serialises
+# every writer's commit on a global lock.
+FALLBACK_POLL_SECONDS = 0.25
 STANDBY_SECONDS = 1.0
 ERROR_BACKOFF_SECONDS = 1.0
 # After Redis lost its data, runs that ended this recently get their streams back too.
@@ -70,6 +72,7 @@ class Relay:
         self.retention_s = retention_s
         self.batch_limit = batch_limit
         self.active = threading.Event()  # set while this relay holds the lock (tests watch it)
+        self._last_nudge: bytes | str = "0-0"
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -95,7 +98,17 @@ class Relay:
                     self.ensure_epoch(conn)
                     if self.publish_batch(conn, marker) >= self.batch_limit:
                         continue  # a backlog: keep going without waiting
-                    stop.wait(POLL_SECONDS)
+                    self.wait_for_nudge()
+
+    def wait_for_nudge(self, timeout: float = FALLBACK_POLL_SECONDS) -> None:
+        """Until a commit nudges us or the fallback poll is due. Nudges that came while we
+        published wake us at once: every nudge is appended after its commit, and we read the
+        stream from the last nudge we saw, so none is missed."""
+        found: list[Any] = self.redis.xread(  # type: ignore[assignment]
+            {self.keys.relay_nudge: self._last_nudge}, count=1, block=int(timeout * 1000)
+        )
+        if found:  # [[stream, [(entry id, fields)]]]
+            self._last_nudge = found[0][1][-1][0]
 
     def publish_batch(self, conn: Conn, marker: Marker | None = None) -> int:
         """Take, publish and mark one batch; with a marker, the marking overlaps the next batch."""

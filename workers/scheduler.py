@@ -89,9 +89,13 @@ class Scheduler:
         return min(MAX_SLEEP_S, max(0.005, left))
 
     def enqueue(self, batch: list[Run]) -> None:
+        """Dispatch the queued runs of a batch of committed state changes (which wakes the
+        relay), or only wake the relay when none is queued (a run failed by a second stall)."""
         queued = [run for run in batch if run.status is RunStatus.QUEUED]
         if queued:
             dispatch.enqueue(self.services.redis, self.keys, queued)
+        elif batch:
+            self.services.nudge_relay()
 
     # -- the steps ------------------------------------------------------------------------
 

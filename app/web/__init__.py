@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any, TypeVar, cast
 
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -23,6 +23,7 @@ WEB_POOL_SIZE = 20  # per web process; embedded Postgres allows 100 connections 
 MAX_JSON_DEPTH = 200
 MAX_FIELD_ERRORS = 20  # a body full of bad values gets a short answer, not one line per value
 M = TypeVar("M", bound=BaseModel)
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
@@ -50,7 +51,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     tails.init_app(app)
+    app.after_request(_nudge_relay)
     return app
+
+
+def _nudge_relay(response: Response) -> Response:
+    """A write that went through may have committed events (a cancel, a submit): wake the relay.
+    One small XADD per such request; a submit's dispatch has sent one already, which is harmless."""
+    if request.method not in _READS and response.status_code < 400:
+        services().nudge_relay()
+    return response
 
 
 class _Json(DefaultJSONProvider):

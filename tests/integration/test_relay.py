@@ -200,5 +200,47 @@ def test_main_exits_on_sigterm_semantics(settings, redis, keys) -> None:
     thread.start()
     wait_for(relay.active.is_set, 5)
     stop.set()
-    thread.join(relay_mod.POLL_SECONDS + 2)
+    thread.join(relay_mod.FALLBACK_POLL_SECONDS + 2)
     assert not thread.is_alive()
+
+
+def waiting_relay(relay: Relay, timeout: float) -> threading.Thread:
+    thread = threading.Thread(target=relay.wait_for_nudge, args=(timeout,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_nudge_wakes_an_idle_relay_at_once(settings, redis, keys, services) -> None:
+    relay = make_relay(settings, redis, keys)
+    relay.wait_for_nudge(0.01)  # nothing nudged yet: the fallback poll comes due
+    waiting = waiting_relay(relay, 30)
+    services.nudge_relay()
+    waiting.join(5)
+    assert not waiting.is_alive(), "the nudge woke the relay, long before its fallback poll"
+
+
+def test_a_nudge_while_publishing_is_not_missed(settings, redis, keys, services) -> None:
+    relay = make_relay(settings, redis, keys)
+    services.nudge_relay()
+    relay.wait_for_nudge(30)  # takes the first nudge
+    services.nudge_relay()  # arrives while the relay is busy publishing
+    waiting = waiting_relay(relay, 30)
+    waiting.join(5)
+    assert not waiting.is_alive(), "the nudge that came meanwhile wakes the next wait"
+    assert redis.xlen(keys.relay_nudge) == 1, "the nudge stream stays one entry long"
+
+
+def test_without_nudges_the_relay_still_publishes(conn, redis, keys, settings) -> None:
+    """A writer that never nudges: its events go out on the fallback poll."""
+    stop = threading.Event()
+    relay = make_relay(settings, redis, keys)
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(relay.active.is_set, 5)
+        run = started_run(conn)
+        stream = keys.run_stream(run.id)
+        wait_for(lambda: stream_seqs(redis, stream) == [1, 2], 5, message="the fallback poll")
+    finally:
+        stop.set()
+        thread.join(5)
