@@ -1,23 +1,28 @@
-"""A small Python client of the runlane HTTP API, with a run tail that resumes by itself, and the
-printing of a tail that `runlane tail` uses."""
+"""A small Python client of the runlane HTTP API, with a run tail that resumes by itself, and
+how the client finds the server and its token the way the stack was started."""
 
 from __future__ import annotations
 
 import builtins
+import http.client
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
+from app.config import ConfigError
+
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 RETRY_STATUSES = frozenset({502, 503, 504})
-BAR_WIDTH = 30
 
 
 class ApiError(Exception):
@@ -30,12 +35,52 @@ class ApiError(Exception):
         detail = problem.get("detail")
         super().__init__(f"{status} {title}" + (f": {detail}" if detail else ""))
 
+    @property
+    def fields(self) -> builtins.list[tuple[str, str]]:
+        """The offending fields of a 4xx (422 names them): `("task", "unknown task 'x'")`."""
+        errors = self.problem.get("errors")
+        if not isinstance(errors, builtins.list):
+            return []
+        return [
+            (str(e.get("field", "")), str(e.get("message", "")))
+            for e in errors
+            if isinstance(e, dict)
+        ]
+
+
+class Unreachable(ConnectionError):
+    """No HTTP answer from the server at `url` (refused, timed out, not an HTTP server)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        self.url = url
+        super().__init__(f"cannot reach {url} ({reason})")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
+
 
 class Client:
     def __init__(self, base_url: str, token: str, *, timeout: float = 30) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.token_from = "the caller"  # said when the server refuses the token
+
+    @classmethod
+    def from_env(
+        cls, url: str | None = None, token: str | None = None, env: Mapping[str, str] | None = None
+    ) -> Client:
+        """The server and token given, else as the environment names them (see server_url and
+        find_token). ConfigError when there is no token to be found or the URL is not http(s)."""
+        env = os.environ if env is None else env
+        found, token_from = find_token(token, env)
+        client = cls(server_url(url, env), found)
+        client.token_from = token_from
+        return client
 
     # --- runs ----------------------------------------------------------------------------------
 
@@ -43,9 +88,18 @@ class Client:
         self, task: str, input: Any = None, *, idempotency_key: str | None = None, **fields: Any
     ) -> dict[str, Any]:
         """POST /v1/runs; `fields` are the optional ones (queue, priority, delay_ms, ...)."""
+        body: dict[str, Any] = self.submit_reply(
+            task, input, idempotency_key=idempotency_key, **fields
+        ).body
+        return body
+
+    def submit_reply(
+        self, task: str, input: Any = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> Reply:
+        """As submit, with the status and headers (`idempotent-replayed`, `deduplicated`)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = {"task": task, "input": input, **fields}
-        return self._call("POST", "/v1/runs", body, headers=headers)
+        return self.request("POST", "/v1/runs", body, headers=headers)
 
     def get(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/runs/{_quote(run_id)}")
@@ -53,6 +107,16 @@ class Client:
     def list(self, **filters: Any) -> dict[str, Any]:
         """GET /v1/runs with status, queue, task, limit, cursor: {"items", "next_cursor"}."""
         return self._call("GET", "/v1/runs", params=filters)
+
+    def list_all(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every run matching the filters, newest first, following next_cursor page by page."""
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = self.list(**filters, cursor=cursor)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/runs/{_quote(run_id)}/cancel")
@@ -66,6 +130,8 @@ class Client:
         params = {"after": after, "limit": limit}
         return self._call("GET", f"/v1/runs/{_quote(run_id)}/events", params=params)["items"]
 
+    # --- queues, tasks, workers, schedules -----------------------------------------------------
+
     def queues(self) -> dict[str, Any]:
         return self._call("GET", "/v1/queues")
 
@@ -76,6 +142,23 @@ class Client:
     def resume(self, queue: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/queues/{_quote(queue)}/resume")
 
+    def tasks(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/tasks")
+
+    def workers(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/workers")
+
+    def schedules(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/schedules")
+
+    def create_schedule(self, name: str, task: str, input: Any = None, **fields: Any) -> Reply:
+        """POST /v1/schedules with `cron` or `every_s` (and `queue`): 201 new, 200 replaced."""
+        body = {"name": name, "task": task, "input": input, **fields}
+        return self.request("POST", "/v1/schedules", body)
+
+    def delete_schedule(self, name: str) -> None:
+        self._call("DELETE", f"/v1/schedules/{_quote(name)}")
+
     # --- the live tail -------------------------------------------------------------------------
 
     def tail(
@@ -83,7 +166,7 @@ class Client:
     ) -> Iterator[dict[str, Any]]:
         """The run's events with seq > after, as they happen, ending after the terminal event.
         A dropped connection is resumed with after=<last seq>, so nothing repeats or goes
-        missing; it gives up (ConnectionError) after `give_up_after` s without a connection."""
+        missing; it gives up (Unreachable) after `give_up_after` s without a connection."""
         last, backoff, failing_since = after, 0.2, None
         while True:
             try:
@@ -106,7 +189,7 @@ class Client:
                 pass
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > give_up_after:
-                raise ConnectionError(f"could not reach {self.base_url} for {give_up_after:.0f}s")
+                raise Unreachable(self.base_url, f"no connection for {give_up_after:.0f}s")
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -117,10 +200,7 @@ class Client:
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def _call(
+    def request(
         self,
         method: str,
         path: str,
@@ -128,7 +208,8 @@ class Client:
         *,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-    ) -> Any:
+    ) -> Reply:
+        """One API call. Raises ApiError for an error status, Unreachable without an answer."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         url = self.base_url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         data = json.dumps(body).encode() if body is not None else None
@@ -139,13 +220,72 @@ class Client:
             request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"null")
+                raw = response.read()
+                status, answer = response.status, dict(response.headers.items())
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _problem(exc.read())) from None
+        except urllib.error.URLError as exc:
+            raise Unreachable(self.base_url, _reason(exc.reason)) from None
+        except (OSError, http.client.HTTPException) as exc:  # reset, timeout, not HTTP at all
+            raise Unreachable(self.base_url, _reason(exc)) from None
+        lowered = {name.lower(): value for name, value in answer.items()}
+        return Reply(status, _json(raw, status, self.base_url), lowered)
+
+    def _call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        return self.request(method, path, body, **kwargs).body
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def server_url(given: str | None, env: Mapping[str, str]) -> str:
+    """--url, else RUNLANE_URL, else http://127.0.0.1:$PORT (8000): where the stack listens."""
+    url = given or env.get("RUNLANE_URL")
+    if not url:
+        port = env.get("PORT") or "8000"
+        if not port.isdigit():
+            raise ConfigError(f"PORT must be a port number, not {port!r}")
+        url = f"http://127.0.0.1:{port}"
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"the server URL must start with http:// or https://, not {url!r}")
+    return url
+
+
+def find_token(given: str | None, env: Mapping[str, str]) -> tuple[str, str]:
+    """The token and where it came from: --token, RUNLANE_TOKEN, else the dev token file."""
+    if given:
+        return given, "--token"
+    if env.get("RUNLANE_TOKEN"):
+        return env["RUNLANE_TOKEN"], "RUNLANE_TOKEN"
+    # Read, never create: a token made up here would not match the server's.
+    path = Path(env.get("RUNLANE_HOME") or ".runlane").absolute() / "dev-token"
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        token = ""
+    if not token:
+        raise ConfigError(
+            f"no API token: pass --token or set RUNLANE_TOKEN (no dev token at {path})"
+        )
+    return token, str(path)
 
 
 def _quote(value: str) -> str:
     return urllib.parse.quote(value, safe="")
+
+
+def _reason(reason: object) -> object:
+    """`Connection refused` rather than `[Errno 111] Connection refused`."""
+    return reason.strerror or reason if isinstance(reason, OSError) else reason
+
+
+def _json(raw: bytes, status: int, url: str) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        # e.g. --url names some other web server
+        problem = {"title": "not JSON", "detail": f"{url} did not answer JSON: is it runlane?"}
+        raise ApiError(status, problem) from None
 
 
 def _problem(raw: bytes | bytearray | None) -> dict[str, Any]:
@@ -154,61 +294,3 @@ def _problem(raw: bytes | bytearray | None) -> dict[str, Any]:
     except ValueError:
         return {"detail": (raw or b"").decode(errors="replace")[:200]}
     return found if isinstance(found, dict) else {"detail": str(found)}
-
-
-# --- printing a tail ----------------------------------------------------------------------------
-
-
-def render_tail(events: Iterable[dict[str, Any]], out: TextIO) -> dict[str, Any] | None:
-    """Print events as they come: progress as a bar redrawn in place (one line each when `out`
-    is not a terminal), everything else as a line, and a last line saying how the run ended.
-    Returns the terminal event (None if the events stopped before one)."""
-    live = out.isatty()
-    bar_shown = False
-    for event in events:
-        kind, data = event["type"], event.get("data") or {}
-        if kind == "run.progress" and live:
-            out.write("\r\x1b[2K" + progress_bar(data))
-            bar_shown = True
-        else:
-            if bar_shown:
-                out.write("\n")
-                bar_shown = False
-            line = final_line(event) if kind in TERMINAL else event_line(event)
-            out.write(line + "\n")
-        out.flush()
-        if kind in TERMINAL:
-            return event
-    if bar_shown:
-        out.write("\n")
-    return None
-
-
-def progress_bar(data: dict[str, Any]) -> str:
-    percent = max(0.0, min(100.0, float(data.get("percent") or 0)))
-    filled = round(BAR_WIDTH * percent / 100)
-    message = data.get("message") or ""
-    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {percent:5.1f}% {message}".rstrip()
-
-
-def event_line(event: dict[str, Any]) -> str:
-    kind, data = event["type"], event.get("data") or {}
-    at = str(event.get("at") or "")[11:23]  # HH:MM:SS.mmm of an RFC 3339 time
-    if kind == "run.progress":
-        detail = f"{data.get('percent')}% {data.get('message') or ''}".rstrip()
-    elif kind == "run.log":
-        detail = f"[{data.get('level', 'info')}] {data.get('message', '')}"
-    else:
-        detail = " ".join(f"{k}={json.dumps(v)}" for k, v in data.items())
-    return f"{at} #{event['seq']} {kind} {detail}".rstrip()
-
-
-def final_line(event: dict[str, Any]) -> str:
-    kind, data = event["type"], event.get("data") or {}
-    if kind == "run.succeeded":
-        return f"succeeded: result {json.dumps(data.get('result'))}"
-    if kind == "run.failed":
-        error = data.get("error") or {}
-        attempt = data.get("attempt")
-        return f"failed after attempt {attempt}: {error.get('type')}: {error.get('message')}"
-    return f"cancelled: {data.get('reason') or 'cancelled'}"

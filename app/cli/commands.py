@@ -1,4 +1,6 @@
-"""The HTTP client commands: runs, events, tails, queues."""
+"""The client commands for runs (submit, get, list, events, tail, cancel, retry), and what every
+client command shares: printing a human view or the API's JSON, parsing option values, and
+turning API errors into messages and exit codes (1 API, 2 usage or configuration)."""
 
 from __future__ import annotations
 
@@ -6,125 +8,364 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.config import ConfigError
+from app.cli import client_options, output
 
 if TYPE_CHECKING:
-    from app.cli import AddCommand
-    from app.client import Client
+    from app.cli import AddCommand, Handler
+    from app.client import ApiError, Client
+
+STATUSES = ("waiting", "queued", "delayed", "running", "succeeded", "failed", "cancelled")
+EVENTS_PAGE = 1000  # the API's default and largest page of events
+INPUT_HELP = "JSON, - to read it from stdin, or @FILE to read a file"
 
 
-def _client() -> Client:
-    from app.client import Client
+@dataclass
+class Cli:
+    """What a client command works with: the client, and how to print."""
 
-    port = os.environ.get("PORT") or "8000"
-    base_url = os.environ.get("RUNLANE_URL") or f"http://127.0.0.1:{port}"
-    return Client(base_url, _token())
+    client: Client
+    json: bool
+    style: output.Style
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Cli:
+        """ConfigError (exit 2) if no token is to be found or the URL is no http(s) URL."""
+        from app.client import Client
+
+        client = Client.from_env(getattr(args, "url", None), getattr(args, "token", None), env)
+        return cls(client, bool(getattr(args, "json", False)), output.Style.for_stream(sys.stdout))
+
+    def show(self, body: Any, human: Callable[[], str]) -> None:
+        """The API's JSON with --json, else the human view (nothing at all if it is empty)."""
+        text = json.dumps(body, indent=2, ensure_ascii=False) if self.json else human()
+        if text:
+            print(text, flush=True)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
-def _token() -> str:
-    token = os.environ.get("RUNLANE_TOKEN")
-    if token:
-        return token
-    # Read, never create: a token made up here would not match the server's.
-    path = Path(os.environ.get("RUNLANE_HOME") or ".runlane").absolute() / "dev-token"
-    if not path.exists():
-        raise ConfigError(f"set RUNLANE_TOKEN (no dev token at {path})")
-    return path.read_text().strip()
+def guarded(func: Callable[[argparse.Namespace, Cli], int]) -> Handler:
+    """A client command whose API errors and unreachable server become a message and exit 1."""
+    from app.client import ApiError, Unreachable
 
-
-def _calling(call: Callable[[Client], Any]) -> int:
-    """Run one client call, print its JSON; an HTTP error prints the problem's detail."""
-    from app.client import ApiError
-
-    try:
-        result = call(_client())
-    except (ApiError, OSError) as exc:  # OSError: the server cannot be reached
-        print(f"runlane: {exc}", file=sys.stderr)
+    def handler(args: argparse.Namespace) -> int:
+        cli = Cli.from_args(args)
+        try:
+            return func(args, cli)
+        except ApiError as exc:
+            _say(*problem_lines(exc, cli.client.token_from))
+        except Unreachable as exc:
+            _say(
+                str(exc),
+                "  is the stack running (scripts/run)? else point --url or RUNLANE_URL at it",
+            )
+        except BrokenPipeError:  # the reader went away (`runlane list | head`): nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    print(json.dumps(result, indent=2, sort_keys=True))
+
+    return handler
+
+
+def problem_lines(exc: ApiError, token_from: str) -> list[str]:
+    """The problem's title and detail, then each offending field on a line of its own."""
+    lines = [str(exc)] + [f"  {name}: {message}" for name, message in exc.fields]
+    if exc.status == 401:
+        lines.append(f"  the token came from {token_from}")
+    return lines
+
+
+def _say(*lines: str) -> None:
+    print("runlane: " + "\n".join(lines), file=sys.stderr, flush=True)
+
+
+def hint(text: str) -> None:
+    """A pointer for people (the next page, the next command): on stderr, never in the data."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- option values: syntax is checked here (exit 2); the server judges the values (exit 1) ---
+
+
+def json_value(text: str) -> Any:
+    """JSON given inline, `-` for stdin, `@FILE` for a file."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    value = json_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. \'{"team": "ops"}\'')
+    return value
+
+
+def duration(plain: str) -> Callable[[str], float]:
+    """An argparse type: seconds in `30s`, `5m`, `1500ms`...; a bare number is in unit `plain`."""
+
+    def parse(text: str) -> float:
+        try:
+            return output.parse_duration(text, plain)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "duration"  # named in argparse's "invalid duration value" message
+    return parse
+
+
+def backoff(text: str) -> dict[str, Any]:
+    """`exponential:500ms`, `fixed:2s:0.5` (TYPE:DELAY[:JITTER]) or a JSON object."""
+    if text.lstrip().startswith("{"):
+        return json_object(text)
+    kind, _, rest = text.partition(":")
+    delay, _, jitter = rest.partition(":")
+    if not kind or not delay:
+        raise argparse.ArgumentTypeError("give TYPE:DELAY[:JITTER], e.g. exponential:500ms:0.2")
+    policy: dict[str, Any] = {"type": kind, "delay_ms": round(duration("ms")(delay) * 1000)}
+    if jitter:
+        try:
+            policy["jitter"] = float(jitter)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"jitter must be a number, not {jitter!r}") from None
+    return policy
+
+
+def rfc3339(text: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time with a zone: {text!r} (e.g. 2030-01-01T09:00:00Z)"
+        )
+    return text
+
+
+# --- the run commands ---------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, cli: Cli) -> int:
+    delay_ms = round(args.delay * 1000) if args.delay is not None else None
+    fields = {
+        "queue": args.queue,
+        "priority": args.priority,
+        "delay_ms": delay_ms,
+        "run_at": args.run_at,
+        "max_attempts": args.max_attempts,
+        "backoff": args.backoff,
+        "timeout_s": args.timeout,
+        "metadata": args.metadata,
+    }
+    given = {name: value for name, value in fields.items() if value is not None}
+    reply = cli.client.submit_reply(args.task, args.input, idempotency_key=args.key, **given)
+    run = reply.body
+    if args.quiet:
+        print(run["id"], flush=True)
+        return 0
+    cli.show(run, lambda: output.submitted(run, reply.headers, cli.now(), cli.style))
+    if not cli.json and run["status"] not in output.FINISHED and sys.stderr.isatty():
+        hint(f"follow it: runlane tail {run['id']}")
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.input) if args.input is not None else None
-    except json.JSONDecodeError as exc:
-        print(f"runlane: --input is not JSON: {exc}", file=sys.stderr)
-        return 2
-    options = {
-        "queue": args.queue,
-        "priority": args.priority,
-        "delay_ms": args.delay_ms,
-        "max_attempts": args.max_attempts,
-    }
-    fields = {key: value for key, value in options.items() if value is not None}
-    return _calling(
-        lambda c: c.submit(args.task, payload, idempotency_key=args.idempotency_key, **fields)
+def cmd_get(args: argparse.Namespace, cli: Cli) -> int:
+    run = cli.client.get(args.run_id)
+    cli.show(run, lambda: output.run_block(run, cli.now(), cli.style))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, cli: Cli) -> int:
+    filters = {"status": args.status, "queue": args.queue, "task": args.task, "limit": args.limit}
+    if args.all:
+        items = list(cli.client.list_all(**filters, cursor=args.cursor))
+        page: dict[str, Any] = {"items": items, "next_cursor": None}
+    else:
+        page = cli.client.list(**filters, cursor=args.cursor)
+    cli.show(page, lambda: output.run_table(page["items"], cli.now(), cli.style) or "no runs")
+    if page.get("next_cursor") and not cli.json:
+        flags = "".join(f" --{name} {value}" for name, value in filters.items() if value)
+        hint(f"next: runlane list{flags} --cursor {page['next_cursor']}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace, cli: Cli) -> int:
+    items = cli.client.events(args.run_id, after=args.after, limit=args.limit)
+    cli.show(
+        {"items": items},
+        lambda: "\n".join(map(output.event_line, items)) or f"no events after #{args.after}",
+    )
+    if items and len(items) == (args.limit or EVENTS_PAGE) and not cli.json:
+        hint(f"next: runlane events {args.run_id} --after {items[-1]['seq']}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace, cli: Cli) -> int:
+    """Exits 0 when the run succeeded, 1 when it failed or was cancelled, so scripts can wait on
+    a run with it."""
+    cli.client.get(args.run_id)  # an unknown run, a bad token or no server: said at once
+    events = cli.client.tail(args.run_id, after=args.after)
+    if cli.json:
+        last = None
+        for last in events:
+            print(json.dumps(last, ensure_ascii=False), flush=True)  # one event per line
+    else:
+        last = output.render_tail(events, sys.stdout, cli.style)
+    if last is None:  # it had ended already, at or before --after
+        run = cli.client.get(args.run_id)
+        if not cli.json:
+            print(f"run already {cli.style.status(run['status'])}; no events after #{args.after}")
+        return 0 if run["status"] == "succeeded" else 1
+    return 0 if last["type"] == "run.succeeded" else 1
+
+
+def cmd_cancel(args: argparse.Namespace, cli: Cli) -> int:
+    run = cli.client.cancel(args.run_id)
+    cli.show(run, lambda: output.changed("cancel", run, cli.style))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, cli: Cli) -> int:
+    run = cli.client.retry(args.run_id)
+    cli.show(run, lambda: output.changed("retry", run, cli.style))
+    return 0
+
+
+def client_command(
+    command: AddCommand,
+    name: str,
+    func: Callable[[argparse.Namespace, Cli], int],
+    help: str,
+    *examples: str,
+) -> argparse.ArgumentParser:
+    """A client command: guarded, with the server/output options, and its examples as epilog."""
+    lines = "\n".join(f"  {example}" for example in examples)
+    return command(
+        name,
+        guarded(func),
+        help,
+        parents=[client_options(subcommand=True)],
+        epilog=f"examples:\n{lines}" if examples else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
-def cmd_get(args: argparse.Namespace) -> int:
-    return _calling(lambda c: c.get(args.run_id))
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    return _calling(lambda c: c.cancel(args.run_id))
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    return _calling(lambda c: c.retry(args.run_id))
-
-
-def cmd_queues(args: argparse.Namespace) -> int:
-    return _calling(lambda c: c.queues())
-
-
-def cmd_pause(args: argparse.Namespace) -> int:
-    return _calling(lambda c: c.pause(args.queue))
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    return _calling(lambda c: c.resume(args.queue))
-
-
-def cmd_tail(args: argparse.Namespace) -> int:
-    """Exits 0 when the run succeeded, 1 when it failed or was cancelled, so scripts can wait on
-    a run with it."""
-    from app.client import ApiError, render_tail
-
-    try:
-        last = render_tail(_client().tail(args.run_id, after=args.after), sys.stdout)
-    except (ApiError, OSError) as exc:  # OSError includes ConnectionError: gave up reconnecting
-        print(f"runlane: {exc}", file=sys.stderr)
-        return 1
-    return 0 if last is not None and last["type"] == "run.succeeded" else 1
-
-
 def register(command: AddCommand) -> None:
-    submit = command("submit", cmd_submit, "submit a run")
-    submit.add_argument("task")
-    submit.add_argument("--input", help="the run's input, as JSON")
-    submit.add_argument("--queue")
-    submit.add_argument("--priority", type=int)
-    submit.add_argument("--delay-ms", type=int)
-    submit.add_argument("--max-attempts", type=int)
-    submit.add_argument("--idempotency-key")
+    submit = client_command(
+        command,
+        "submit",
+        cmd_submit,
+        "submit a run of a task",
+        'runlane submit demo.echo --input \'{"hello": "world"}\'',
+        "runlane submit demo.sleep --input '{\"seconds\": 2}' --delay 5m --priority 1 -q",
+        "echo '{\"steps\": 5}' | runlane submit demo.progress --input - --key order-42",
+    )
+    _submit_options(submit)
+    get = client_command(command, "get", cmd_get, "show a run", "runlane get RUN_ID --json")
+    get.add_argument("run_id", metavar="RUN_ID", help="the run's id")
+    listing = client_command(
+        command,
+        "list",
+        cmd_list,
+        "list your runs, newest first",
+        "runlane list --status failed --queue emails",
+        "runlane list --all --json",
+    )
+    _list_options(listing)
+    events = client_command(
+        command,
+        "events",
+        cmd_events,
+        "print a run's events so far",
+        "runlane events RUN_ID --after 3 --limit 10",
+    )
+    events.add_argument("run_id", metavar="RUN_ID", help="the run's id")
+    events.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="only events after this seq (default 0: from the start)",
+    )
+    events.add_argument("--limit", type=int, metavar="N", help="at most N events (default 1000)")
+    tail = client_command(
+        command,
+        "tail",
+        cmd_tail,
+        "follow a run's events live until it ends (exit 0 if it succeeded, else 1)",
+        "runlane tail RUN_ID",
+        "runlane tail RUN_ID --after 5 --json",
+    )
+    tail.add_argument("run_id", metavar="RUN_ID", help="the run's id")
+    tail.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="SEQ",
+        help="start after this event seq (default 0: the whole history first)",
+    )
     for name, func, help in (
-        ("get", cmd_get, "show a run"),
-        ("cancel", cmd_cancel, "cancel a run"),
-        ("retry", cmd_retry, "retry a failed or cancelled run"),
+        ("cancel", cmd_cancel, "cancel a run (a running attempt is asked to stop)"),
+        ("retry", cmd_retry, "retry a failed or cancelled run, with a fresh attempt budget"),
     ):
-        command(name, func, help).add_argument("run_id", metavar="RUN_ID")
-    tail = command("tail", cmd_tail, "follow a run's events until it ends (exit 0: it succeeded)")
-    tail.add_argument("run_id", metavar="RUN_ID")
-    tail.add_argument("--after", type=int, default=0, help="start after this event seq")
-    command("queues", cmd_queues, "list queues with their counts")
-    for name, func, help in (
-        ("pause", cmd_pause, "hold your runs in a queue (running attempts finish)"),
-        ("resume", cmd_resume, "let a paused queue's runs start again"),
-    ):
-        command(name, func, help).add_argument("queue", metavar="QUEUE")
+        cmd = client_command(command, name, func, help, f"runlane {name} RUN_ID")
+        cmd.add_argument("run_id", metavar="RUN_ID", help="the run's id")
+
+
+def _submit_options(submit: argparse.ArgumentParser) -> None:
+    add = submit.add_argument
+    add("task", metavar="TASK", help="a registered task name (see: runlane tasks)")
+    add(
+        "--input",
+        type=json_value,
+        metavar="JSON",
+        help=f"the run's input: {INPUT_HELP} (default null)",
+    )
+    add("--queue", metavar="QUEUE", help="the queue (default: the task's, else default)")
+    add("--priority", type=int, metavar="1..10", help="lower runs first (default 5)")
+    when = submit.add_mutually_exclusive_group()
+    delay_help = "start no sooner than this from now: 30s, 5m, 1500ms, or plain ms"
+    when.add_argument(
+        "--delay",
+        "--delay-ms",
+        dest="delay",
+        type=duration("ms"),
+        metavar="DURATION",
+        help=delay_help,
+    )
+    time_help = "start no sooner than this RFC 3339 time, e.g. 2030-01-01T09:00:00Z"
+    when.add_argument("--run-at", type=rfc3339, metavar="TIME", help=time_help)
+    add("--max-attempts", type=int, metavar="N", help="attempts (default: the task's, else 1)")
+    backoff_help = "wait before a retry: exponential:500ms, fixed:2s:0.2 (TYPE:DELAY[:JITTER])"
+    add("--backoff", type=backoff, metavar="POLICY", help=backoff_help + ", or a JSON object")
+    timeout_help = "an attempt running longer fails with Timeout: seconds, or 90s, 5m"
+    add("--timeout", type=duration("s"), metavar="SECONDS", help=timeout_help)
+    add("--metadata", type=json_object, metavar="JSON", help="a JSON object stored with the run")
+    key_help = "Idempotency-Key: the same key and body again give the first run, never a second"
+    add("--key", "--idempotency-key", dest="key", help=key_help)
+    add("-q", "--quiet", action="store_true", help="print only the run's id")
+
+
+def _list_options(listing: argparse.ArgumentParser) -> None:
+    add = listing.add_argument
+    add("--status", choices=STATUSES, help="only runs in this status")
+    add("--queue", metavar="QUEUE", help="only runs of this queue")
+    add("--task", metavar="TASK", help="only runs of this task")
+    add("--limit", type=int, metavar="N", help="runs per page, 1..200 (default 50)")
+    add("--cursor", metavar="CURSOR", help="the page after this one (printed as the next: hint)")
+    add("--all", action="store_true", help="follow the pages to the end and print every run")
