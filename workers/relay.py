@@ -96,8 +96,8 @@ class Relay:
             with Marker(self.database_url) as marker:
                 while not stop.is_set():
                     self.ensure_epoch(conn)
-                    if self.publish_batch(conn, marker) >= self.batch_limit:
-                        continue  # a backlog: keep going without waiting
+                    if self.publish_batch(conn, marker) > 0:
+                        continue  # there may be more: wait only once the outbox is empty
                     self.wait_for_nudge()
 
     def wait_for_nudge(self, timeout: float = FALLBACK_POLL_SECONDS) -> None:
