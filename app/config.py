@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_TASK_MODULES = ("workers.demo",)
+DEFAULT_TASK_MODULES = ("app.demo",)
 DEV_TENANT = "dev"
 
 

@@ -93,7 +93,7 @@ class Registry:
 registry = Registry()
 task = registry.task
 
-ALWAYS_LOADED = ("workers.demo",)
+ALWAYS_LOADED = ("app.demo",)
 
 
 def load(modules: Iterable[str]) -> Registry:

@@ -18,7 +18,7 @@ from redis import Redis
 
 from app import db
 from app.config import Settings
-from app.embedded import EmbeddedServers, free_port
+from runlane.embedded import EmbeddedServers, free_port
 from tests.helpers import Stack
 
 TOKENS = {"tok-alpha": "alpha", "tok-beta": "beta"}

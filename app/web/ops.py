@@ -11,9 +11,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 from redis import RedisError
 
-from app import db, schemas
-from app.errors import PROBLEM_JSON, problem
-from app.web import metrics, services
+from app import db
+from app.web import schemas
+from app.web.current import metrics, services
+from app.web.errors import PROBLEM_JSON, problem
 
 READY_TIMEOUT_S = 2.0
 
@@ -57,7 +58,7 @@ def openapi_view() -> dict[str, Any]:
     return openapi()
 
 
-# The OpenAPI 3.1 document, built from the pydantic models of app.schemas. Every status a route
+# The OpenAPI 3.1 document, built from the pydantic models of app.web.schemas. Every status a route
 # can answer is listed in its responses (tests/integration/test_openapi_agrees.py holds us to it).
 
 Doc = dict[str, Any]

@@ -10,14 +10,14 @@ from flask import Blueprint
 from redis import RedisError
 
 from app import dispatch, live_workers, logs, runs
-from app.auth import require_tenant, tenant
 from app.db import q
 from app.domain import Run, RunStatus
-from app.errors import ApiError
 from app.redis_keys import PRIORITIES
 from app.runs import Conn
-from app.schemas import NAME_PATTERN
-from app.web import services
+from app.web.auth import require_tenant, tenant
+from app.web.current import services
+from app.web.errors import ApiError
+from app.web.schemas import NAME_PATTERN
 
 log = logs.get("runlane.web")
 

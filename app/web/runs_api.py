@@ -12,21 +12,21 @@ from typing import Any
 from flask import Blueprint, Response, request
 from redis import RedisError
 
-from app import dispatch, idempotency, logs, runs
-from app.auth import query_token, require_tenant, tenant
+from app import dispatch, logs, runs
 from app.domain import Run, RunStatus
-from app.errors import ApiError
-from app.idempotency import Claim
-from app.schemas import EventListQuery, RunCreate, RunListQuery
-from app.web import (
+from app.web import idempotency, tails
+from app.web.auth import query_token, require_tenant, tenant
+from app.web.current import (
     idempotency_store,
     metrics,
     query_args,
     read_json,
     services,
-    tails,
     validate,
 )
+from app.web.errors import ApiError
+from app.web.idempotency import Claim
+from app.web.schemas import EventListQuery, RunCreate, RunListQuery
 
 CANCEL_FLAG_TTL_S = 24 * 3600
 log = logs.get("runlane.web")

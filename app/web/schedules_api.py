@@ -9,13 +9,13 @@ from typing import Any
 from croniter import croniter
 from flask import Blueprint, Response
 
-from app.auth import require_tenant, tenant
 from app.db import jsonb, q
 from app.domain import rfc3339
-from app.errors import ApiError
 from app.runs import Conn
-from app.schemas import NAME_PATTERN, ScheduleCreate
-from app.web import read_json, services, validate
+from app.web.auth import require_tenant, tenant
+from app.web.current import read_json, services, validate
+from app.web.errors import ApiError
+from app.web.schemas import NAME_PATTERN, ScheduleCreate
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)

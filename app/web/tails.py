@@ -2,7 +2,7 @@
 
 Every check (token, run, cursor) is answered before the WebSocket upgrade, as a problem+json
 response, in that order; a plain GET that passes them gets 426. After the upgrade, each tail
-follows its stream through the process's one stream reader (app.streams), which fills from
+follows its stream through the process's one stream reader (app.web.streams), which fills from
 Postgres whatever Redis does not bring.
 """
 
@@ -15,12 +15,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_sock import Sock
 
-from app import runs, streams
-from app.auth import CHALLENGE, authenticate, request_token
+from app import runs
 from app.domain import Run
-from app.errors import ApiError, problem
-from app.streams import Entry, StreamHub
-from app.web import services
+from app.web import streams
+from app.web.auth import CHALLENGE, authenticate, request_token
+from app.web.current import services
+from app.web.errors import ApiError, problem
+from app.web.streams import Entry, StreamHub
 
 bp = Blueprint("tails", __name__)
 

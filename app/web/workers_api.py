@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint
 
 from app import live_workers
-from app.auth import require_tenant, tenant
-from app.web import services
+from app.web.auth import require_tenant, tenant
+from app.web.current import services
 
 bp = Blueprint("workers", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)

@@ -13,7 +13,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from app.embedded import EmbeddedServers
+from runlane.embedded import EmbeddedServers
 from tests.bench import cpu
 from tests.bench.submit import start_stack
 from tests.helpers import Stack

@@ -30,8 +30,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from redis import Redis
 
-from app.embedded import EmbeddedServers, free_port
 from app.redis_keys import Keys
+from runlane.embedded import EmbeddedServers, free_port
 from tests.helpers import Stack
 
 TOKEN = "bench-token"

@@ -26,7 +26,7 @@ import requests
 from websockets.sync.client import connect
 
 from app import db
-from app.embedded import EmbeddedServers, free_port
+from runlane.embedded import EmbeddedServers, free_port
 from tests.helpers import Stack, wait_for
 
 TOKEN = "bench-token"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.client import Client
+from runlane.client import Client
 from tests.helpers import Stack, wait_for
 from tests.tails import Tail, assert_complete
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from app.config import dev_token
-from app.embedded import free_port
+from runlane.embedded import free_port
 from tests.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e

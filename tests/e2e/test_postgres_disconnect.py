@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.client import ApiError, Client
 from app.config import Settings
+from runlane.client import ApiError, Client
 from tests.e2e.outage import assert_came_through
 from tests.helpers import Stack, wait_for
 from tests.tails import Tail

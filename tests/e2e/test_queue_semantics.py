@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.client import Client
+from runlane.client import Client
 from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.e2e

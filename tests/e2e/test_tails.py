@@ -13,8 +13,8 @@ from redis import Redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from app.client import ApiError, Client
-from app.embedded import EmbeddedServers
+from runlane.client import ApiError, Client
+from runlane.embedded import EmbeddedServers
 from tests.helpers import Stack, wait_for
 from tests.tails import (
     ALPHA,

@@ -10,10 +10,10 @@ from flask.testing import FlaskClient
 from redis import Redis
 
 from app.config import Settings
-from app.embedded import free_port
-from app.idempotency import IdempotencyStore, fingerprint
 from app.services import Services
 from app.web import create_app
+from app.web.idempotency import IdempotencyStore, fingerprint
+from runlane.embedded import free_port
 from tests.conftest import auth
 
 ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")

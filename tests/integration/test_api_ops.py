@@ -12,9 +12,9 @@ from redis import Redis
 
 from app import db
 from app.config import Settings
-from app.embedded import free_port
 from app.services import Services
 from app.web import create_app
+from runlane.embedded import free_port
 from tests.conftest import auth
 
 ALPHA = auth("tok-alpha")

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from flask.testing import FlaskClient
 from rq.utils import utcformat
 
-from app.embedded import free_port
 from app.live_workers import LIVENESS_S
 from app.services import Services
+from runlane.embedded import free_port
 from tests.conftest import auth
 from tests.helpers import wait_for
 from workers.worker import RunlaneWorker

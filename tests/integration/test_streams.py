@@ -16,7 +16,7 @@ from redis import Redis
 from app import db, runs
 from app.config import Settings
 from app.redis_keys import Keys
-from app.streams import GAP, Entry, Follower, StreamHub, follow_run, follow_tenant, tenant_top
+from app.web.streams import GAP, Entry, Follower, StreamHub, follow_run, follow_tenant, tenant_top
 from tests.helpers import wait_for
 from tests.tails import emit_progress, started_run, wait_flushed
 from workers.relay import Relay, publish, take_batch

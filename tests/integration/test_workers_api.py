@@ -13,9 +13,9 @@ from rq import Queue, Worker
 
 from app import runs
 from app.domain import RunStatus
-from app.embedded import free_port
 from app.services import Services, connect_redis
 from app.web import create_app
+from runlane.embedded import free_port
 from tests.conftest import auth
 from tests.helpers import wait_for
 from tests.integration import test_execute as base

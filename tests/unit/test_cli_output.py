@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from app.cli import admin, commands, main, output, parser
-from app.cli.output import PLAIN, Style
-from app.embedded import free_port
+from runlane.cli import admin, commands, main, output, parser
+from runlane.cli.output import PLAIN, Style
+from runlane.embedded import free_port
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 COLOUR = Style(True)

@@ -16,9 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from app.cli.output import Style, final_line, progress_bar, render_tail
-from app.client import ApiError, Client, Unreachable, find_token, server_url
 from app.config import ConfigError
+from runlane.cli.output import Style, final_line, progress_bar, render_tail
+from runlane.client import ApiError, Client, Unreachable, find_token, server_url
 
 
 def event(seq: int, kind: str = "run.progress", **data: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ def test_defaults_are_the_contract_table(tmp_path: Path) -> None:
     assert settings.port == 8000
     assert settings.home == tmp_path
     assert settings.redis_url is None and settings.database_url is None
-    assert settings.task_modules == ("workers.demo",)
+    assert settings.task_modules == ("app.demo",)
     assert settings.queues == ("default",)
     assert settings.idempotency_ttl_seconds == 86400
     assert settings.run_retention_days == 7
@@ -68,7 +68,7 @@ def test_values_are_read(tmp_path: Path) -> None:
             "PORT": "9123",
             "REDIS_URL": "redis://example:6379/3",
             "DATABASE_URL": "postgresql://example/db",
-            "RUNLANE_TASK_MODULES": "workers.demo, mytasks",
+            "RUNLANE_TASK_MODULES": "app.demo, mytasks",
             "RUNLANE_QUEUES": "emails,default",
             "IDEMPOTENCY_TTL_SECONDS": "60",
             "RUN_RETENTION_DAYS": "30",
@@ -78,7 +78,7 @@ def test_values_are_read(tmp_path: Path) -> None:
 
     assert settings.port == 9123
     assert settings.require_urls() == ("redis://example:6379/3", "postgresql://example/db")
-    assert settings.task_modules == ("workers.demo", "mytasks")
+    assert settings.task_modules == ("app.demo", "mytasks")
     assert settings.queues == ("emails", "default")
     assert settings.idempotency_ttl_seconds == 60
     assert settings.run_retention_days == 30

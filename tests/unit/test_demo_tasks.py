@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from app import demo
 from app.tasks import Unrecoverable, registry
-from workers import demo
 
 
 class FakeContext:

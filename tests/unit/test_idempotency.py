@@ -5,9 +5,9 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from app.errors import ApiError
-from app.idempotency import LEASE_MS, Claim, IdempotencyStore, fingerprint, parse_key
 from app.redis_keys import Keys
+from app.web.errors import ApiError
+from app.web.idempotency import LEASE_MS, Claim, IdempotencyStore, fingerprint, parse_key
 
 
 @pytest.fixture

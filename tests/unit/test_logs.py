@@ -32,7 +32,7 @@ def test_redact_url(url: str, expected: str) -> None:
 
 
 def test_the_access_log_shows_no_token_whatever_its_format() -> None:
-    from app import gunicorn_conf
+    from app.web import gunicorn_conf
 
     environ = {
         "REQUEST_METHOD": "GET",

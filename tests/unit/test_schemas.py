@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.schemas import RunCreate, RunListQuery, ScheduleCreate
 from app.tasks import Registry
+from app.web.schemas import RunCreate, RunListQuery, ScheduleCreate
 
 REGISTRY = Registry()
 REGISTRY.task("demo.echo")(lambda ctx, value: value)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from honcho.printer import Printer
 
-from app.cli.supervise import Supervisor, describe_exit
+from runlane.cli.supervise import Supervisor, describe_exit
 from tests.helpers import wait_for
 
 

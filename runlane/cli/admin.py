@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from app.cli import client_options, output
-from app.cli.commands import INPUT_HELP, Cli, client_command, duration, guarded, json_value
+from runlane.cli import client_options, output
+from runlane.cli.commands import INPUT_HELP, Cli, client_command, duration, guarded, json_value
 
 if TYPE_CHECKING:
-    from app.cli import AddCommand
+    from runlane.cli import AddCommand
 
 # The statuses in the order a run moves through them; a queue's other counts follow.
 COUNT_ORDER = ("waiting", "queued", "delayed", "running", "succeeded", "failed", "cancelled")

@@ -20,7 +20,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from app import logs
 from app.runs import RunConflict, RunNotFound
-from app.schemas import MAX_BODY_BYTES
+from app.web.schemas import MAX_BODY_BYTES
 
 PROBLEM_JSON = "application/problem+json"
 log = logs.get("runlane.web")

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli import client_options, output
+from runlane.cli import client_options, output
 
 if TYPE_CHECKING:
-    from app.cli import AddCommand, Handler
-    from app.client import ApiError, Client
+    from runlane.cli import AddCommand, Handler
+    from runlane.client import ApiError, Client
 
 STATUSES = ("waiting", "queued", "delayed", "running", "succeeded", "failed", "cancelled")
 EVENTS_PAGE = 1000  # the API's default and largest page of events
@@ -36,7 +36,7 @@ class Cli:
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Cli:
         """ConfigError (exit 2) if no token is to be found or the URL is no http(s) URL."""
-        from app.client import Client
+        from runlane.client import Client
 
         client = Client.from_env(getattr(args, "url", None), getattr(args, "token", None), env)
         return cls(client, bool(getattr(args, "json", False)), output.Style.for_stream(sys.stdout))
@@ -53,7 +53,7 @@ class Cli:
 
 def guarded(func: Callable[[argparse.Namespace, Cli], int]) -> Handler:
     """A client command whose API errors and unreachable server become a message and exit 1."""
-    from app.client import ApiError, Unreachable
+    from runlane.client import ApiError, Unreachable
 
     def handler(args: argparse.Namespace) -> int:
         cli = Cli.from_args(args)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from app.config import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from app.cli import AddCommand
+    from runlane.cli import AddCommand
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from app import logs
-from app.errors import ApiError
 from app.redis_keys import IDEMPOTENCY_CLAIM, IDEMPOTENCY_RELEASE, IDEMPOTENCY_STORE, Keys
+from app.web.errors import ApiError
 
 KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 # How long a claimed key stays "in flight" if its request dies before storing a response.

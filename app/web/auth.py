@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from flask import current_app, g, request
 
-from app.errors import ApiError
+from app.web.errors import ApiError
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 QUERY_TOKEN = "token"

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from app.cli import admin, commands, dev, entry
+    from runlane.cli import admin, commands, dev, entry
 
     root = argparse.ArgumentParser(
         prog="runlane",

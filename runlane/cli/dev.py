@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli import preflight
-from app.cli.supervise import Supervisor
 from app.config import ConfigError, Settings
+from runlane.cli import preflight
+from runlane.cli.supervise import Supervisor
 
 if TYPE_CHECKING:
-    from app.cli import AddCommand
+    from runlane.cli import AddCommand
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 STACK = ("web", "worker", "relay", "scheduler")
@@ -72,7 +72,7 @@ class _Signals:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from app.embedded import EmbeddedServers
+    from runlane.embedded import EmbeddedServers
 
     # pgserver's lock folder falls back to /tmp without XDG_RUNTIME_DIR, which is fine here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
