@@ -77,11 +77,11 @@ def check_task_modules(settings: Settings) -> None:
         tasks.load(settings.task_modules)
     except Exception as exc:
         # where in the user's module it failed: not the import machinery, not our own loader
-        ours = str(Path(tasks.__file__).parent)
+        ours = (str(Path(tasks.__file__).parent), str(Path(__file__).parent.parent))
         frames = [
             f
             for f in traceback.extract_tb(exc.__traceback__)
-            if not f.filename.startswith(("<", ours)) and "importlib" not in f.filename
+            if not f.filename.startswith(("<", *ours)) and "importlib" not in f.filename
         ]
         where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
         raise ConfigError(

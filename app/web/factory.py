@@ -1,0 +1,60 @@
+"""The HTTP API's application factory (the request accessors are in app.web.current)."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
+
+from app import logs
+from app.config import Settings
+from app.services import Services
+from app.web import errors
+from app.web.current import services
+from app.web.idempotency import IdempotencyStore
+from app.web.metrics import Metrics
+from app.web.schemas import MAX_BODY_BYTES
+
+WEB_POOL_SIZE = 20  # per web process; embedded Postgres allows 100 connections in all
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """The Flask app. Without arguments (gunicorn's `app.web:create_app()`) it is the entry
+    point: it reads the environment and configures logging."""
+    from app.web import ops, queues_api, runs_api, schedules_api, tails, workers_api
+
+    if services is None:
+        if settings is None:
+            logs.configure()
+            settings = Settings.from_env()
+        services = Services.build(settings, pool_size=WEB_POOL_SIZE, name="runlane-web")
+    app = Flask("runlane")
+    app.json = _Json(app)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["runlane"] = services
+    app.extensions["runlane.idempotency"] = IdempotencyStore(
+        services.redis, services.keys, services.settings.idempotency_ttl_seconds
+    )
+    metrics = Metrics()
+    app.extensions["runlane.metrics"] = metrics
+    metrics.init_app(app)
+    errors.register(app)
+    blueprints = (runs_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp)
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
+    tails.init_app(app)
+    app.after_request(_nudge_relay)
+    return app
+
+
+def _nudge_relay(response: Response) -> Response:
+    """A write that went through may have committed events (a cancel, a submit): wake the relay.
+    One small XADD per such request; a submit's dispatch has sent one already, which is harmless."""
+    if request.method not in _READS and response.status_code < 400:
+        services().nudge_relay()
+    return response
+
+
+class _Json(DefaultJSONProvider):
+    # Fields in the order the contract lists them, as POST /v1/runs (and its replays) sends them.
+    sort_keys = False
