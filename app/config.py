@@ -39,6 +39,10 @@ class Settings:
     worker_concurrency: int = 1
     # Redis key prefix: lets several stacks (or tests) share one Redis database.
     prefix: str = "runlane"
+    # The web process (gunicorn): worker processes, threads each (a tail holds one), access log.
+    web_concurrency: int = 2
+    web_threads: int = 64
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +68,9 @@ class Settings:
             cancel_grace_seconds=_seconds(env, "RUNLANE_CANCEL_GRACE_SECONDS", 5.0),
             worker_concurrency=_int(env, "RUNLANE_WORKER_CONCURRENCY", 1, low=1, high=1000),
             prefix=env.get("RUNLANE_PREFIX") or "runlane",
+            web_concurrency=_int(env, "WEB_CONCURRENCY", 2, low=1, high=64),
+            web_threads=_int(env, "RUNLANE_WEB_THREADS", 64, low=1, high=10_000),
+            access_log=bool(env.get("RUNLANE_ACCESS_LOG")),
         )
 
     def require_urls(self) -> tuple[str, str]:
@@ -73,6 +80,33 @@ class Settings:
                 "REDIS_URL and DATABASE_URL must be set (scripts/run sets them for its children)"
             )
         return self.redis_url, self.database_url
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the CLI and the Python client read from the environment. Not Settings: that one
+    makes the dev token when there is none, and a client must only ever read it."""
+
+    url: str | None = None
+    token: str | None = None
+    port: int = 8000
+    home: Path = Path(".runlane")
+    colour: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
+        env = os.environ if env is None else env
+        raw_port = env.get("PORT") or "8000"
+        if not raw_port.isdigit():
+            raise ConfigError(f"PORT must be a port number, not {raw_port!r}")
+        return cls(
+            url=env.get("RUNLANE_URL") or None,
+            token=env.get("RUNLANE_TOKEN") or None,
+            port=int(raw_port),
+            home=Path(env.get("RUNLANE_HOME") or ".runlane").absolute(),
+            # no-color.org, and terminals that cannot show it
+            colour=not env.get("NO_COLOR") and env.get("TERM") != "dumb",
+        )
 
 
 def parse_tokens(raw: str) -> dict[str, str]:

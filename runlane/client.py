@@ -13,13 +13,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect
 
-from app.config import ConfigError
+from app.config import ClientSettings, ConfigError
 
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -240,12 +239,8 @@ class Client:
 
 def server_url(given: str | None, env: Mapping[str, str]) -> str:
     """--url, else RUNLANE_URL, else http://127.0.0.1:$PORT (8000): where the stack listens."""
-    url = given or env.get("RUNLANE_URL")
-    if not url:
-        port = env.get("PORT") or "8000"
-        if not port.isdigit():
-            raise ConfigError(f"PORT must be a port number, not {port!r}")
-        url = f"http://127.0.0.1:{port}"
+    settings = ClientSettings.from_env(env)
+    url = given or settings.url or f"http://127.0.0.1:{settings.port}"
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"the server URL must start with http:// or https://, not {url!r}")
     return url
@@ -255,10 +250,11 @@ def find_token(given: str | None, env: Mapping[str, str]) -> tuple[str, str]:
     """The token and where it came from: --token, RUNLANE_TOKEN, else the dev token file."""
     if given:
         return given, "--token"
-    if env.get("RUNLANE_TOKEN"):
-        return env["RUNLANE_TOKEN"], "RUNLANE_TOKEN"
+    settings = ClientSettings.from_env(env)
+    if settings.token:
+        return settings.token, "RUNLANE_TOKEN"
     # Read, never create: a token made up here would not match the server's.
-    path = Path(env.get("RUNLANE_HOME") or ".runlane").absolute() / "dev-token"
+    path = settings.home / "dev-token"
     try:
         token = path.read_text().strip()
     except OSError:

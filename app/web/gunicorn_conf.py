@@ -12,31 +12,21 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from app.config import ConfigError, Settings
+from app.config import Settings
 from app.logs import REDACTED, redact_url
 
 _settings = Settings.from_env()
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-bind = f"{os.environ.get('RUNLANE_BIND_HOST') or '127.0.0.1'}:{_settings.port}"
+bind = f"{_settings.bind_host}:{_settings.port}"
 # gthread: a websocket tail holds a thread for its whole life, so each process needs many.
 worker_class = "gthread"
-workers = _int_env("WEB_CONCURRENCY", 2)
-threads = _int_env("RUNLANE_WEB_THREADS", 64)
+workers = _settings.web_concurrency
+threads = _settings.web_threads
 # Below honcho's 5 s kill wait, so `runlane dev` sees a clean exit.
 graceful_timeout = 4
 keepalive = 5
-accesslog = "-" if os.environ.get("RUNLANE_ACCESS_LOG") else None
+accesslog = "-" if _settings.access_log else None
 
 
 class RedactingLogger(Logger):

@@ -4,11 +4,12 @@ key/value blocks and a live run tail. Pure functions, apart from render_tail's w
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from app.config import ClientSettings
 
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 BAR_WIDTH = 30
@@ -45,9 +46,7 @@ class Style:
 
     @classmethod
     def for_stream(cls, stream: TextIO, env: Mapping[str, str] | None = None) -> Style:
-        env = os.environ if env is None else env
-        wanted = not env.get("NO_COLOR") and env.get("TERM") != "dumb"  # see no-color.org
-        return cls(wanted and _isatty(stream))
+        return cls(ClientSettings.from_env(env).colour and _isatty(stream))
 
     def paint(self, text: str, colour: str | None) -> str:
         if not self.enabled or not colour or not text:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import DEV_TENANT, ConfigError, Settings, dev_token
+from app.config import DEV_TENANT, ClientSettings, ConfigError, Settings, dev_token
 
 
 def test_defaults_are_the_contract_table(tmp_path: Path) -> None:
@@ -137,3 +137,28 @@ def test_the_urls_are_required_outside_dev(tmp_path: Path) -> None:
 def test_out_of_range_values_are_config_errors(name: str, value: str, tmp_path) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({"RUNLANE_HOME": str(tmp_path), name: value})
+
+
+def test_web_settings_come_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "RUNLANE_HOME": str(tmp_path),
+        "WEB_CONCURRENCY": "3",
+        "RUNLANE_WEB_THREADS": "16",
+        "RUNLANE_ACCESS_LOG": "1",
+        "RUNLANE_BIND_HOST": "0.0.0.0",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.web_concurrency, settings.web_threads) == (3, 16)
+    assert settings.access_log and settings.bind_host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
+        Settings.from_env({**env, "WEB_CONCURRENCY": "many"})
+
+
+def test_client_settings_read_the_dev_token_folder_but_make_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    client = ClientSettings.from_env({"RUNLANE_HOME": str(home), "PORT": "9001", "NO_COLOR": "1"})
+    assert (client.port, client.home, client.url, client.token) == (9001, home, None, None)
+    assert not client.colour
+    assert not home.exists(), "a client never makes a dev token (nor its folder)"
+    with pytest.raises(ConfigError, match="PORT"):
+        ClientSettings.from_env({"PORT": "eighty"})
