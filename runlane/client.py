@@ -222,7 +222,8 @@ class Client:
                 raw = response.read()
                 status, answer = response.status, dict(response.headers.items())
         except urllib.error.HTTPError as exc:
-            raise ApiError(exc.code, _problem(exc.read())) from None
+            with exc:  # it holds the connection open until closed
+                raise ApiError(exc.code, _problem(exc.read())) from None
         except urllib.error.URLError as exc:
             raise Unreachable(self.base_url, _reason(exc.reason)) from None
         except (OSError, http.client.HTTPException) as exc:  # reset, timeout, not HTTP at all

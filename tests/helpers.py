@@ -67,15 +67,16 @@ class Stack:
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         index = len(self.procs.get(name, []))
-        log = open(self.logdir / f"{name}.{index}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            ["bash", "-c", f"exec {self.commands[name]}"],
-            env={**self.env, **(extra_env or {})},
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # the child gets a copy of the file descriptor: ours can be closed at once
+        with open(self.logdir / f"{name}.{index}.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["bash", "-c", f"exec {self.commands[name]}"],
+                env={**self.env, **(extra_env or {})},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.setdefault(name, []).append(proc)
         return proc
 

@@ -91,6 +91,7 @@ def test_tail_raises_the_problem_of_a_refused_upgrade() -> None:
         assert raised.value.status == 404
     finally:
         httpd.shutdown()
+        httpd.server_close()
 
 
 def test_tail_gives_up_when_nothing_answers() -> None:
@@ -176,6 +177,7 @@ def answering() -> Iterator[str]:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
+    httpd.server_close()
 
 
 def test_an_error_carries_the_problem_and_its_fields(answering: str) -> None:
