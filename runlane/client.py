@@ -127,7 +127,10 @@ class Client:
         self, run_id: str, after: int = 0, limit: int | None = None
     ) -> builtins.list[dict[str, Any]]:
         params = {"after": after, "limit": limit}
-        return self._call("GET", f"/v1/runs/{_quote(run_id)}/events", params=params)["items"]
+        items: builtins.list[dict[str, Any]] = self._call(
+            "GET", f"/v1/runs/{_quote(run_id)}/events", params=params
+        )["items"]
+        return items
 
     # --- queues, tasks, workers, schedules -----------------------------------------------------
 
@@ -231,8 +234,18 @@ class Client:
         lowered = {name.lower(): value for name, value in answer.items()}
         return Reply(status, _json(raw, status, self.base_url), lowered)
 
-    def _call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
-        return self.request(method, path, body, **kwargs).body
+    def _call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object the API answers (every runlane endpoint answers an object)."""
+        answer = self.request(method, path, body, **kwargs).body
+        if answer is None:  # 204 No Content
+            return {}
+        if not isinstance(answer, dict):
+            problem = {
+                "title": "not a JSON object",
+                "detail": f"{self.base_url} answered {answer!r:.80}",
+            }
+            raise ApiError(200, problem)
+        return answer
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}

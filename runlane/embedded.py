@@ -102,13 +102,13 @@ class EmbeddedServers:
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_postgres(self) -> str:
-        import pgserver
+        from pgserver.postgres_server import get_server
 
         # As root, pgserver first creates a system user to run Postgres as, outside its own lock:
         # two processes starting their first servers at once (pytest-xdist workers on a new
         # machine) race in `useradd` and one fails. One start at a time per machine avoids it.
         with _machine_lock("runlane-pgserver-start.lock"):
-            server = pgserver.get_server(self.home / "pg", cleanup_mode=None)
+            server = get_server(self.home / "pg", cleanup_mode=None)
         self._pg_pid = server.get_pid()
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))

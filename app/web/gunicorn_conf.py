@@ -29,7 +29,7 @@ keepalive = 5
 accesslog = "-" if _settings.access_log else None
 
 
-class RedactingLogger(Logger):
+class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
     """Gunicorn's logger (its `logger_class` hook), with every access-log atom that can hold a
     URL stripped of `?token=` values (browsers' tails send one) and the Authorization header
     blanked, whatever `access_log_format` asks for."""
@@ -69,7 +69,7 @@ def on_starting(server: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def on_exit(server: Any) -> None:

@@ -82,7 +82,7 @@ class Metrics:
     def exposition(self) -> Response:
         if self.registry is None:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry = self.registry
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
