@@ -31,6 +31,17 @@ def kind(proc: psutil.Process) -> str | None:
     return None
 
 
+def server_pids() -> list[int]:
+    """Every Redis and Postgres server process on the machine: the stack's servers are not its
+    children (the embedded Postgres daemonizes; external ones run on their own)."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        if name.startswith(("redis-server", "postgres")):
+            found.append(proc.pid)
+    return found
+
+
 def processes(roots: list[int]) -> Counter[str]:
     """How many live processes of each kind are at or below `roots`."""
     return Counter(k for proc in _tree(roots).values() if (k := kind(proc)))

@@ -15,6 +15,7 @@ import argparse
 import http.client
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -32,6 +34,7 @@ from redis import Redis
 
 from app.redis_keys import Keys
 from runlane.embedded import EmbeddedServers, free_port
+from tests.bench import cpu, wrk
 from tests.helpers import Stack
 
 TOKEN = "bench-token"
@@ -41,31 +44,82 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench submit", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive load")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured (python)")
     parser.add_argument("--url", help="an API already running (then --token is needed)")
     parser.add_argument("--token", default=TOKEN)
     parser.add_argument("--web-only", action="store_true", help="start release and web only")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat, then print the medians")
+    parser.add_argument(
+        "--generator", choices=("auto", "wrk", "python"), default="auto",
+        help="the load generator: wrk when installed (auto), else Python threads",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.url:
-        report(drive(args.url, args.token, args.clients, args.seconds, args.warmup), args)
+        report(load(args, args.url, args.token), args)
         return 0
+    results = [one_round(args) for _ in range(args.rounds)]
+    for result in results:
+        report(result, args)
+    if len(results) > 1:
+        report_medians(results, args)
+    return 0 if all(result["errors"] == 0 for result in results) else 1
+
+
+def one_round(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     with servers() as (redis_url, database_url), tempfile.TemporaryDirectory() as tmp:
         stack = start_stack(redis_url, database_url, prefix, Path(tmp), web_only=args.web_only)
+        roots = [p.pid for group in stack.procs.values() for p in group] + cpu.server_pids()
         try:
+            wal_before, cpu_before = wal_lsn(database_url), cpu.snapshot(roots)
             began = time.monotonic()
-            result = drive(stack.base, TOKEN, args.clients, args.seconds, args.warmup)
+            result = load(args, stack.base, TOKEN, run_id=prefix)
             if not args.web_only:
                 result["end_to_end"] = settle(redis_url, database_url, prefix, began)
+            runs = runs_created(database_url)
+            result["cpu_ms_per_run"] = {
+                kind: 1000 * spent / max(1, runs)
+                for kind, spent in cpu.spent(cpu_before, cpu.snapshot(roots)).items()
+            }
+            result["wal_bytes_per_run"] = wal_bytes(database_url, wal_before) / max(1, runs)
         finally:
             stack.stop()
             forget(redis_url, prefix)
-    report(result, args)
-    return 0 if result["errors"] == 0 else 1
+    return result
+
+
+def load(args: argparse.Namespace, base: str, token: str, run_id: str = "x") -> dict[str, Any]:
+    if args.generator == "wrk" or (args.generator == "auto" and wrk.available()):
+        return wrk.drive(base, token, args.clients, args.seconds, run_id)
+    result = drive(base, token, args.clients, args.seconds, args.warmup)
+    latencies = result.pop("latencies")
+    assert isinstance(latencies, list)
+    result.update(p50=percentile(latencies, 50), p99=percentile(latencies, 99), generator="python")
+    return result
+
+
+def wal_lsn(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return str(row[0]) if row else "0/0"
+
+
+def wal_bytes(database_url: str, since: str) -> float:
+    """WAL written since `since`, by every database of the server (ours is the only busy one)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (since,))
+        found = row.fetchone()
+    return float(found[0]) if found else 0.0
+
+
+def runs_created(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM runs").fetchone()
+    return int(row[0]) if row else 0
 
 
 def settle(redis_url: str, database_url: str, prefix: str, began: float) -> dict[str, float]:
@@ -224,14 +278,12 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[index]
 
 
-def report(result: dict[str, object], args: argparse.Namespace) -> None:
-    latencies = result["latencies"]
-    assert isinstance(latencies, list)
-    rate = len(latencies) / args.seconds
+def report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    rate = result["requests"] / args.seconds
     print(
-        f"submit: {args.clients} clients, {args.seconds:.0f} s: {len(latencies)} requests, "
-        f"{rate:,.0f} req/s, p50 {percentile(latencies, 50) * 1000:.1f} ms, "
-        f"p99 {percentile(latencies, 99) * 1000:.1f} ms, statuses {result['statuses']}"
+        f"submit ({result['generator']}): {args.clients} clients, {args.seconds:.0f} s: "
+        f"{result['requests']} requests, {rate:,.0f} req/s, p50 {result['p50'] * 1000:.1f} ms, "
+        f"p99 {result['p99'] * 1000:.1f} ms, statuses {result['statuses']}"
     )
     settled = result.get("end_to_end")
     if isinstance(settled, dict):
@@ -240,6 +292,29 @@ def report(result: dict[str, object], args: argparse.Namespace) -> None:
             f"stream in {settled['seconds']:.1f} s: {settled['runs'] / settled['seconds']:,.0f} "
             f"runs/s"
         )
+    per_run = result.get("cpu_ms_per_run")
+    if isinstance(per_run, dict):
+        kinds = ", ".join(f"{kind} {ms:.2f}" for kind, ms in per_run.items())
+        print(f"CPU ms per run: {kinds}; all {sum(per_run.values()):.2f}")
+        print(f"WAL bytes per run: {result['wal_bytes_per_run']:,.0f}")
+
+
+def report_medians(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    rates = [r["requests"] / args.seconds for r in results]
+    line = (
+        f"medians of {len(results)}: {median(rates):,.0f} req/s, "
+        f"p99 {median([r['p99'] for r in results]) * 1000:.1f} ms"
+    )
+    settled = [r["end_to_end"] for r in results if isinstance(r.get("end_to_end"), dict)]
+    if settled:
+        line += f", end to end {median([e['runs'] / e['seconds'] for e in settled]):,.0f} runs/s"
+    totals = [sum(r["cpu_ms_per_run"].values()) for r in results]
+    line += f", CPU {median(totals):.2f} ms/run"
+    line += f", WAL {median([r['wal_bytes_per_run'] for r in results]):,.0f} B/run"
+    print(line)
 
 
 if __name__ == "__main__":
