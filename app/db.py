@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -12,7 +13,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+# "-- name: claim_attempt" starts a named query; "(outbox)" after the name marks a run state
+# change, which the loader wraps in app/sql/outbox.sql so that it also writes its events.
+_NAME = re.compile(r"^--\s*name:\s*(\w+)(.*)$", re.MULTILINE)
 MIGRATION_LOCK = 72_616_101  # advisory lock key held while migrating
 
 
@@ -24,11 +27,28 @@ def queries() -> dict[str, str]:
         if not entry.name.endswith(".sql"):
             continue
         parts = _NAME.split(entry.read_text())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        for name, mark, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
             if name in found:
                 raise ValueError(f"query {name} is defined twice")
-            found[name] = body.strip()
+            outbox = mark.strip() == "(outbox)"
+            if not outbox and mark.strip():
+                raise ValueError(f"query {name}: {mark.strip()!r} is not (outbox)")
+            found[name] = _with_outbox(body) if outbox else body.strip()
     return found
+
+
+def _with_outbox(change: str) -> str:
+    """A run state change as one statement that also appends the events of the rows it returns."""
+    body = textwrap.indent(change.strip().removesuffix(";"), "    ").lstrip()
+    return _outbox_template().replace("CHANGE", body)
+
+
+@cache
+def _outbox_template() -> str:
+    lines = resources.files("app.sql").joinpath("outbox.sql").read_text().splitlines()
+    while lines and lines[0].startswith("--"):  # the file's header says why; the server needn't
+        lines.pop(0)
+    return "\n".join(lines).strip()
 
 
 def q(name: str) -> str:

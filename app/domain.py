@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple, Self
 
 
 class RunStatus(StrEnum):
@@ -50,13 +53,77 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# Field metadata of the records below, which derive from_row, to_json and the API's response
+# schemas (app.web.schemas) from their fields. A field is a column of the same name; the fields
+# clients see come first, in the order the contract lists them.
+INTERNAL: Mapping[str, Any] = {"internal": True}  # never shown to clients
+UUID_TEXT: Mapping[str, Any] = {"load": str}  # a uuid column, a string everywhere else
+TIME: Mapping[str, Any] = {"dump": rfc3339}  # RFC 3339 UTC for clients
+
+
+def enum_of(kind: type[StrEnum]) -> Mapping[str, Any]:
+    """A text column holding one of `kind`'s values, its plain value for clients."""
+    return {"load": kind, "dump": _value}
+
+
+def _value(member: StrEnum) -> str:
+    return member.value
+
+
+def api_fields(record: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The fields of a record that clients see, in order."""
+    return [f for f in dataclasses.fields(record) if not f.metadata.get("internal")]
+
+
+class Record:
+    """A frozen dataclass read from a row (columns named as its fields; missing columns keep
+    their defaults) and shown to clients as its API fields."""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        shape = _shape(cls)
+        values = {name: row[name] for name in shape.plain if name in row}
+        for name, load in shape.loads:
+            if name in row:
+                values[name] = load(row[name])
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the contract shows it to clients."""
+        return {
+            name: getattr(self, name) if dump is None else dump(getattr(self, name))
+            for name, dump in _shape(type(self)).dumps
+        }
+
+
+class _Shape(NamedTuple):
+    plain: list[str]  # fields read from their column as they are
+    loads: list[tuple[str, Callable[[Any], Any]]]  # fields converted on the way in
+    dumps: list[tuple[str, Callable[[Any], Any] | None]]  # the API fields, converted or not
+
+
+_shapes: dict[type[Any], _Shape] = {}
+
+
+def _shape(record: type[Any]) -> _Shape:
+    """What from_row and to_json do for a record, worked out once per record type."""
+    found = _shapes.get(record)
+    if found is None:
+        fields = dataclasses.fields(record)
+        found = _shapes[record] = _Shape(
+            plain=[f.name for f in fields if "load" not in f.metadata],
+            loads=[(f.name, f.metadata["load"]) for f in fields if "load" in f.metadata],
+            dumps=[(f.name, f.metadata.get("dump")) for f in api_fields(record)],
+        )
+    return found
+
+
 @dataclass(frozen=True)
-class Run:
-    id: str
-    tenant: str
+class Run(Record):
+    id: str = field(metadata=UUID_TEXT)
     task: str
     queue: str
-    status: RunStatus
+    status: RunStatus = field(metadata=enum_of(RunStatus))
     input: Any
     result: Any
     error: dict[str, Any] | None
@@ -66,102 +133,39 @@ class Run:
     progress: dict[str, Any] | None
     metadata: dict[str, Any]
     idempotency_key: str | None
-    created_at: datetime
-    scheduled_for: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: datetime = field(metadata=TIME)
+    scheduled_for: datetime = field(metadata=TIME)
+    started_at: datetime | None = field(metadata=TIME)
+    finished_at: datetime | None = field(metadata=TIME)
     last_seq: int
-    backoff: dict[str, Any] | None = None
-    timeout_s: float | None = None
-    request_fingerprint: str | None = None
-    attempt_base: int = 0  # attempts before the current budget (a manual retry starts one)
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Run:
-        return cls(
-            id=str(row["id"]),
-            tenant=row["tenant"],
-            task=row["task"],
-            queue=row["queue"],
-            status=RunStatus(row["status"]),
-            input=row["input"],
-            result=row["result"],
-            error=row["error"],
-            attempt=row["attempt"],
-            max_attempts=row["max_attempts"],
-            priority=row["priority"],
-            progress=row["progress"],
-            metadata=row["metadata"],
-            idempotency_key=row["idempotency_key"],
-            created_at=row["created_at"],
-            scheduled_for=row["scheduled_for"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            last_seq=row["last_seq"],
-            backoff=row.get("backoff"),
-            timeout_s=row.get("timeout_s"),
-            request_fingerprint=row.get("request_fingerprint"),
-            attempt_base=row.get("attempt_base", 0),
-        )
+    tenant: str = field(metadata=INTERNAL)
+    backoff: dict[str, Any] | None = field(default=None, metadata=INTERNAL)
+    timeout_s: float | None = field(default=None, metadata=INTERNAL)
+    request_fingerprint: str | None = field(default=None, metadata=INTERNAL)
+    # attempts before the current budget (a manual retry starts one)
+    attempt_base: int = field(default=0, metadata=INTERNAL)
 
     @property
     def budget_attempt(self) -> int:
         """Which attempt of the current budget this is (1 = the first)."""
         return self.attempt - self.attempt_base
 
-    def to_json(self) -> dict[str, Any]:
-        """The run as the contract shows it to clients."""
-        return {
-            "id": self.id,
-            "task": self.task,
-            "queue": self.queue,
-            "status": self.status.value,
-            "input": self.input,
-            "result": self.result,
-            "error": self.error,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "priority": self.priority,
-            "progress": self.progress,
-            "metadata": self.metadata,
-            "idempotency_key": self.idempotency_key,
-            "created_at": rfc3339(self.created_at),
-            "scheduled_for": rfc3339(self.scheduled_for),
-            "started_at": rfc3339(self.started_at),
-            "finished_at": rfc3339(self.finished_at),
-            "last_seq": self.last_seq,
-        }
-
 
 @dataclass(frozen=True)
-class Event:
-    run_id: str
+class Event(Record):
+    run_id: str = field(metadata=UUID_TEXT)
     seq: int
-    type: EventType
-    at: datetime
+    type: EventType = field(metadata=enum_of(EventType))
+    at: datetime = field(metadata=TIME)
     data: dict[str, Any]
-    tenant: str = ""
-    queue: str = ""
-    tseq: int | None = None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Event:
-        return cls(
-            run_id=str(row["run_id"]),
-            seq=row["seq"],
-            type=EventType(row["type"]),
-            at=row["at"],
-            data=row["data"],
-            tenant=row.get("tenant", ""),
-            queue=row.get("queue", ""),
-            tseq=row.get("tseq"),
-        )
+    # The event as Postgres renders it for clients (runlane_event_json, app/sql/schema.sql): the
+    # very bytes the relay puts in the streams, so history and live cannot differ.
+    json: str = field(metadata=INTERNAL)
+    tenant: str = field(default="", metadata=INTERNAL)
+    queue: str = field(default="", metadata=INTERNAL)
+    tseq: int | None = field(default=None, metadata=INTERNAL)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "seq": self.seq,
-            "type": self.type.value,
-            "at": rfc3339(self.at),
-            "data": self.data,
-        }
+        """The event as clients get it: parsed from its one rendering, not rendered again."""
+        parsed: dict[str, Any] = json.loads(self.json)
+        return parsed

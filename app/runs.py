@@ -1,7 +1,8 @@
-"""The run state machine: every state change is one named function, one transaction, one event.
+"""The run state machine: every state change is one named function (an attempt's, one named
+Change, which workers commit in groups), one statement with its event (the outbox).
 
-Each function takes a connection (autocommit: each statement is its own transaction) and runs one
-query of app/sql/queries/runs.sql. Guards in the queries make stale or duplicate calls no-ops.
+Each function takes a connection (autocommit: each statement is its own transaction) and runs
+queries of app/sql/queries/runs.sql. Guards in the queries make stale or duplicate calls no-ops.
 """
 
 from __future__ import annotations
@@ -126,14 +127,6 @@ def list_events(conn: Conn, run_id: str, *, after: int = 0, limit: int = 1000) -
     return [Event.from_row(row) for row in rows]
 
 
-def claim_attempt(conn: Conn, run_id: str, *, worker: str, lease_s: float) -> Run | None:
-    """Start the next attempt; None when the run is no longer queued (fencing)."""
-    row = conn.execute(
-        q("claim_attempt"), {"id": _uuid(run_id), "worker": worker, "lease_s": lease_s}
-    ).fetchone()
-    return Run.from_row(row) if row else None
-
-
 def claimed_by_worker(conn: Conn, run_ids: list[str], worker: str) -> list[Run]:
     """Which of these runs are running an attempt of `worker`'s (claims whose reply was lost)."""
     rows = conn.execute(
@@ -157,37 +150,6 @@ def record_log(conn: Conn, run: Run, message: str, level: str) -> bool:
         q("record_log"), {"id": _uuid(run.id), "attempt": run.attempt, "data": jsonb(data)}
     ).fetchone()
     return bool(row and row["cancel_requested_at"])
-
-
-def finish_attempt(conn: Conn, run: Run, result: Any) -> Run | None:
-    """The attempt succeeded. None when the run was cancelled meanwhile (see cancel_running)."""
-    row = conn.execute(
-        q("finish_attempt"), {"id": _uuid(run.id), "attempt": run.attempt, "result": jsonb(result)}
-    ).fetchone()
-    return Run.from_row(row) if row else None
-
-
-def retry_attempt(conn: Conn, run: Run, error: dict[str, str], delay_ms: int) -> Run | None:
-    row = conn.execute(
-        q("retry_attempt"),
-        {"id": _uuid(run.id), "attempt": run.attempt, "error": jsonb(error), "delay_ms": delay_ms},
-    ).fetchone()
-    return Run.from_row(row) if row else None
-
-
-def fail_attempt(conn: Conn, run: Run, error: dict[str, str]) -> Run | None:
-    row = conn.execute(
-        q("fail_attempt"), {"id": _uuid(run.id), "attempt": run.attempt, "error": jsonb(error)}
-    ).fetchone()
-    return Run.from_row(row) if row else None
-
-
-def cancel_running(conn: Conn, run: Run) -> Run | None:
-    """The worker stopped an attempt whose cancellation was requested."""
-    row = conn.execute(
-        q("cancel_running"), {"id": _uuid(run.id), "attempt": run.attempt}
-    ).fetchone()
-    return Run.from_row(row) if row else None
 
 
 def request_cancel(conn: Conn, tenant: str, run_id: str, reason: str = "cancelled") -> Run:
@@ -264,9 +226,8 @@ def mark_dispatched(conn: Conn, run_ids: list[str]) -> None:
     conn.execute(q("mark_dispatched"), {"ids": [_uuid(r) for r in run_ids]})
 
 
-def release_attempt(conn: Conn, run: Run) -> Run | None:
-    """Hand back a claimed attempt that never started (its worker is stopping)."""
-    return _one(conn, release_change(run))
+# The changes of an attempt, which a worker commits in groups (group_commit). Each one's guard
+# makes it a no-op (None) for a stale attempt.
 
 
 @dataclass(frozen=True)
@@ -278,14 +239,17 @@ class Change:
 
 
 def claim_change(run_id: str, *, worker: str, lease_s: float) -> Change:
+    """Start the next attempt; None when the run is no longer queued (fencing)."""
     return Change("claim_attempt", {"id": _uuid(run_id), "worker": worker, "lease_s": lease_s})
 
 
 def finish_change(run: Run, result: Any) -> Change:
+    """The attempt succeeded. None when its cancellation was requested (see cancel_change)."""
     return Change("finish_attempt", {**_attempt(run), "result": jsonb(result)})
 
 
 def retry_change(run: Run, error: dict[str, str], delay_ms: int) -> Change:
+    """The attempt failed with attempts left: delayed by `delay_ms` (queued when 0)."""
     return Change("retry_attempt", {**_attempt(run), "error": jsonb(error), "delay_ms": delay_ms})
 
 
@@ -294,10 +258,12 @@ def fail_change(run: Run, error: dict[str, str]) -> Change:
 
 
 def cancel_change(run: Run) -> Change:
+    """The worker stopped an attempt whose cancellation was requested."""
     return Change("cancel_running", _attempt(run))
 
 
 def release_change(run: Run) -> Change:
+    """Hand back a claimed attempt that never started (its worker is stopping)."""
     return Change("release_attempt", _attempt(run))
 
 
@@ -311,11 +277,6 @@ def group_commit(conn: Conn, changes: list[Change]) -> list[Run | None]:
     with conn.pipeline(), conn.transaction():
         cursors = [conn.execute(q(change.query), change.params) for change in changes]
     return [Run.from_row(row) if (row := cur.fetchone()) else None for cur in cursors]
-
-
-def _one(conn: Conn, change: Change) -> Run | None:
-    row = conn.execute(q(change.query), change.params).fetchone()
-    return Run.from_row(row) if row else None
 
 
 def _attempt(run: Run) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def started_run(conn: Conn, tenant: str = "alpha", queue: str = "default") -> Ru
         scheduled_for=None,
     )
     run, _ = runs.create_run(conn, new)
-    claimed = runs.claim_attempt(conn, run.id, worker="test", lease_s=60)
+    claimed = runs.group_commit(conn, [runs.claim_change(run.id, worker="test", lease_s=60)])[0]
     assert claimed is not None
     return claimed
 

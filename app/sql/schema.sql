@@ -64,6 +64,16 @@ CREATE TABLE run_events (
 CREATE INDEX run_events_unpublished_idx ON run_events (id) WHERE NOT published;
 CREATE UNIQUE INDEX run_events_tenant_tseq_idx ON run_events (tenant, tseq);
 
+-- The one rendering of an event as the JSON clients get (CONTRACT §2), used by the relay for the
+-- streams and by every read of history, so that history and live send the same bytes. A plain
+-- SQL expression, so the planner inlines it: no function call per row.
+CREATE FUNCTION runlane_event_json(e run_events) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN json_build_object(
+        'run_id', e.run_id, 'seq', e.seq, 'type', e.type,
+        'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'data', e.data)::text;
+
 -- No NOTIFY trigger here on purpose: Postgres serialises the commits of notifying transactions
 -- (a global lock at commit), which capped submits at a third of the rate. The relay polls instead.
 

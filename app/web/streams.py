@@ -9,7 +9,6 @@ Postgres, so an entry lost to a Redis restart or a reconnect costs latency, neve
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import socket
@@ -50,7 +49,8 @@ class Entry:
 
     @classmethod
     def from_event(cls, event: Event, number: int) -> Entry:
-        return cls(number, event.type.value, event.queue, json.dumps(event.to_json()))
+        # the JSON Postgres rendered, as the relay does for the streams: history and live agree
+        return cls(number, event.type.value, event.queue, event.json)
 
     @property
     def terminal(self) -> bool:

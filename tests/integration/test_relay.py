@@ -3,6 +3,7 @@ and Redis losing its data."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,9 @@ from redis import Redis
 
 from app import db, runs
 from app.config import Settings
+from app.domain import rfc3339
 from app.redis_keys import Keys
+from app.web.streams import Entry
 from tests.helpers import wait_for
 from tests.tails import emit_progress, outbox_flushed, started_run, stream_seqs, wait_flushed
 from workers import relay as relay_mod
@@ -65,6 +68,25 @@ def test_a_batch_goes_to_run_and_tenant_streams(conn, redis, keys, settings) -> 
     )
 
 
+def test_history_and_the_streams_carry_the_same_bytes(conn, redis, keys, settings) -> None:
+    run = started_run(conn)
+    runs.record_log(conn, run, 'naïve ☃ "quoted"', "info")  # what json.dumps would escape
+    runs.group_commit(conn, [runs.finish_change(run, {"ratio": 0.1, "n": [1, None]})])
+    make_relay(settings, redis, keys).publish_batch(conn)
+
+    live = [fields[b"event"].decode() for _, fields in redis.xrange(keys.run_stream(run.id))]
+    history = runs.list_events(conn, run.id)
+    tenant_rows = conn.execute(
+        db.q("tenant_events"), {"tenant": "alpha", "after": 0, "limit": 10}
+    ).fetchall()
+    assert [event.json for event in history] == live == [row["json"] for row in tenant_rows]
+    assert [Entry.from_event(event, event.seq).event for event in history] == live
+    first = history[0].to_json()
+    assert list(first) == ["run_id", "seq", "type", "at", "data"]
+    assert first["run_id"] == run.id and first["at"] == rfc3339(history[0].at)
+    assert [event.to_json() for event in history] == [json.loads(text) for text in live]
+
+
 def test_small_batches_keep_tseq_contiguous(conn, redis, keys, settings) -> None:
     run = started_run(conn)
     emit_progress(conn, run, 10)
@@ -103,7 +125,7 @@ def test_terminal_event_sets_the_stream_retention(conn, redis, keys, settings) -
     run = started_run(conn)
     make_relay(settings, redis, keys).publish_batch(conn)
     assert redis.ttl(keys.run_stream(run.id)) == -1
-    runs.finish_attempt(conn, run, {"ok": True})
+    runs.group_commit(conn, [runs.finish_change(run, {"ok": True})])
     make_relay(settings, redis, keys).publish_batch(conn)
     assert 3500 < redis.ttl(keys.run_stream(run.id)) <= 3600
 
@@ -119,7 +141,7 @@ def test_per_run_order_holds_with_concurrent_commits(database_url, conn, redis, 
     def write(run: runs.Run) -> None:
         with db.connect(database_url) as own:
             emit_progress(own, run, 150)
-            runs.finish_attempt(own, run, None)
+            runs.group_commit(own, [runs.finish_change(run, None)])
 
     writers = [threading.Thread(target=write, args=(run,)) for run in targets * 2]
     for thread in writers:
@@ -172,7 +194,7 @@ def test_two_relays_one_publishes_and_the_other_takes_over(conn, redis, keys, se
 def test_redis_emptied_streams_are_rebuilt(conn, redis, keys, settings) -> None:
     live, ended = started_run(conn), started_run(conn, "beta")
     emit_progress(conn, live, 2)
-    runs.finish_attempt(conn, ended, None)
+    runs.group_commit(conn, [runs.finish_change(ended, None)])
     relay = make_relay(settings, redis, keys)
     relay.ensure_epoch(conn)
     relay.publish_batch(conn)

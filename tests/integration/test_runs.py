@@ -35,6 +35,12 @@ def new_run(**overrides: Any) -> runs.NewRun:
     return runs.NewRun(**{**fields, **overrides})
 
 
+def commit(conn: psycopg.Connection[Any], change: runs.Change) -> runs.Run | None:
+    """One change of an attempt, committed as a worker commits a group of them."""
+    [done] = runs.group_commit(conn, [change])
+    return done
+
+
 def event_types(conn: psycopg.Connection[Any], run_id: str) -> list[str]:
     return [event.type.value for event in runs.list_events(conn, run_id)]
 
@@ -58,10 +64,10 @@ def test_the_same_key_in_another_tenant_is_another_run(conn: psycopg.Connection[
 
 def test_a_duplicate_claim_is_a_no_op(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    claimed = runs.claim_attempt(conn, run.id, worker="w1", lease_s=10)
+    claimed = commit(conn, runs.claim_change(run.id, worker="w1", lease_s=10))
 
     assert claimed is not None and claimed.attempt == 1 and claimed.status is RunStatus.RUNNING
-    assert runs.claim_attempt(conn, run.id, worker="w2", lease_s=10) is None
+    assert commit(conn, runs.claim_change(run.id, worker="w2", lease_s=10)) is None
     assert event_types(conn, run.id) == ["run.queued", "run.started"]
 
 
@@ -71,7 +77,7 @@ def test_concurrent_claims_start_one_attempt(database_url: str, conn: Any) -> No
 
     def claim(name: str) -> None:
         with db.connect(database_url) as own:
-            results.append(runs.claim_attempt(own, run.id, worker=name, lease_s=10))
+            results.append(commit(own, runs.claim_change(run.id, worker=name, lease_s=10)))
 
     threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
     for thread in threads:
@@ -85,14 +91,14 @@ def test_concurrent_claims_start_one_attempt(database_url: str, conn: Any) -> No
 
 def test_retry_then_success_numbers_events_without_gaps(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    first = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    first = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
     assert first is not None
     runs.record_progress(conn, first, 50, "half")
-    retried = runs.retry_attempt(conn, first, {"type": "ValueError", "message": "x"}, 0)
+    retried = commit(conn, runs.retry_change(first, {"type": "ValueError", "message": "x"}, 0))
     assert retried is not None and retried.status is RunStatus.QUEUED
-    second = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    second = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
     assert second is not None and second.attempt == 2
-    done = runs.finish_attempt(conn, second, {"ok": True})
+    done = commit(conn, runs.finish_change(second, {"ok": True}))
 
     assert done is not None and done.status is RunStatus.SUCCEEDED and done.result == {"ok": True}
     events = runs.list_events(conn, run.id)
@@ -109,12 +115,12 @@ def test_retry_then_success_numbers_events_without_gaps(conn: psycopg.Connection
 
 def test_a_stale_attempt_cannot_finish_a_newer_one(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    first = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    first = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
     assert first is not None
-    runs.retry_attempt(conn, first, {"type": "E", "message": ""}, 0)
-    assert runs.claim_attempt(conn, run.id, worker="w", lease_s=10) is not None
+    commit(conn, runs.retry_change(first, {"type": "E", "message": ""}, 0))
+    assert commit(conn, runs.claim_change(run.id, worker="w", lease_s=10)) is not None
 
-    assert runs.finish_attempt(conn, first, "late") is None
+    assert commit(conn, runs.finish_change(first, "late")) is None
     assert runs.get_run(conn, "alpha", run.id).status is RunStatus.RUNNING
 
 
@@ -130,15 +136,47 @@ def test_cancel_waiting_run_at_once_and_terminal_conflicts(conn: psycopg.Connect
 
 def test_cancel_of_a_running_attempt_waits_for_the_worker(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    attempt = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    attempt = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
     assert attempt is not None
 
     still_running = runs.request_cancel(conn, "alpha", run.id)
     assert still_running.status is RunStatus.RUNNING
     assert runs.renew_leases(conn, [run.id], worker="w", lease_s=10) == {run.id: True}
-    assert runs.finish_attempt(conn, attempt, "done anyway") is None
-    ended = runs.cancel_running(conn, attempt)
+    assert commit(conn, runs.finish_change(attempt, "done anyway")) is None
+    ended = commit(conn, runs.cancel_change(attempt))
     assert ended is not None and ended.status is RunStatus.CANCELLED
+
+
+def test_a_released_attempt_is_queued_again_without_spending_an_attempt(
+    conn: psycopg.Connection[Any],
+) -> None:
+    run, _ = runs.create_run(conn, new_run())
+    claimed = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    assert claimed is not None
+
+    released = commit(conn, runs.release_change(claimed))
+    assert released is not None and released.status is RunStatus.QUEUED
+    assert (released.attempt, released.started_at, released.last_seq) == (0, None, 3)
+    assert commit(conn, runs.finish_change(claimed, "late")) is None  # its attempt is gone
+    assert event_types(conn, run.id) == ["run.queued", "run.started", "run.queued"]
+
+
+def test_several_changes_commit_together_each_with_its_event(
+    conn: psycopg.Connection[Any],
+) -> None:
+    a, _ = runs.create_run(conn, new_run())
+    b, _ = runs.create_run(conn, new_run())
+    claims = [runs.claim_change(r.id, worker="w", lease_s=10) for r in (a, b, a)]
+
+    first, second, duplicate = runs.group_commit(conn, claims)
+    assert first is not None and second is not None and duplicate is None
+    assert runs.record_log(conn, first, "hello", "info") is False
+    done = runs.group_commit(
+        conn, [runs.finish_change(first, 1), runs.fail_change(second, {"type": "E", "message": ""})]
+    )
+    assert [r.status if r else None for r in done] == [RunStatus.SUCCEEDED, RunStatus.FAILED]
+    assert event_types(conn, a.id) == ["run.queued", "run.started", "run.log", "run.succeeded"]
+    assert event_types(conn, b.id) == ["run.queued", "run.started", "run.failed"]
 
 
 def test_other_tenants_runs_do_not_exist(conn: psycopg.Connection[Any]) -> None:
@@ -155,9 +193,9 @@ def test_manual_retry_only_from_failed_or_cancelled(conn: psycopg.Connection[Any
     run, _ = runs.create_run(conn, new_run(max_attempts=1))
     with pytest.raises(runs.RunConflict):
         runs.retry_run(conn, "alpha", run.id)
-    attempt = runs.claim_attempt(conn, run.id, worker="w", lease_s=10)
+    attempt = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
     assert attempt is not None
-    runs.fail_attempt(conn, attempt, {"type": "E", "message": "boom"})
+    commit(conn, runs.fail_change(attempt, {"type": "E", "message": "boom"}))
 
     again = runs.retry_run(conn, "alpha", run.id)
     assert again.status is RunStatus.QUEUED and again.error is None
@@ -189,11 +227,11 @@ def test_first_stall_requeues_without_spending_an_attempt_second_fails(
     conn: psycopg.Connection[Any],
 ) -> None:
     run, _ = runs.create_run(conn, new_run())
-    assert runs.claim_attempt(conn, run.id, worker="w", lease_s=0) is not None
+    assert commit(conn, runs.claim_change(run.id, worker="w", lease_s=0)) is not None
 
     [requeued] = runs.recover_stalled(conn)
     assert requeued.status is RunStatus.QUEUED and requeued.attempt == 0
-    assert runs.claim_attempt(conn, run.id, worker="w", lease_s=0) is not None
+    assert commit(conn, runs.claim_change(run.id, worker="w", lease_s=0)) is not None
     [failed] = runs.recover_stalled(conn)
 
     assert failed.status is RunStatus.FAILED and failed.error == {

@@ -5,7 +5,8 @@
 -- One round trip: lock the oldest unpublished rows, give the ones without a tseq the next numbers
 -- of their tenant's stream (tenant_streams is bumped in the same statement, so tseq stays
 -- contiguous per tenant and its row lock serialises concurrent relays), and return the batch,
--- each event already rendered as the JSON clients get (Postgres renders it faster than Python).
+-- each event already rendered as the JSON clients get (by runlane_event_json, as every read of
+-- history renders it; Postgres renders it faster than Python).
 WITH batch AS (
     SELECT id, tenant, tseq FROM run_events
     WHERE NOT published AND id <> ALL(%(skip)s::bigint[])
@@ -27,18 +28,12 @@ WITH batch AS (
     FROM fresh f JOIN counts c USING (tenant) JOIN bumped b USING (tenant)
     WHERE e.id = f.id
     RETURNING e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
-              json_build_object(
-                  'run_id', e.run_id, 'seq', e.seq, 'type', e.type,
-                  'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                  'data', e.data)::text AS event
+              runlane_event_json(e) AS event
 )
 SELECT * FROM numbered
 UNION ALL
 SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
-       json_build_object(
-           'run_id', e.run_id, 'seq', e.seq, 'type', e.type,
-           'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'data', e.data)::text AS event
+       runlane_event_json(e) AS event
 FROM run_events e JOIN batch b ON b.id = e.id
 WHERE b.tseq IS NOT NULL
 ORDER BY id;
@@ -50,10 +45,7 @@ UPDATE run_events SET published = true WHERE id = ANY(%(ids)s);
 -- After Redis lost its data: the published events of runs that are live or ended recently,
 -- in pages by id, to put back into their streams.
 SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
-       json_build_object(
-           'run_id', e.run_id, 'seq', e.seq, 'type', e.type,
-           'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'data', e.data)::text AS event
+       runlane_event_json(e) AS event
 FROM run_events e JOIN runs r ON r.id = e.run_id
 WHERE e.published AND e.id > %(after_id)s
   AND (r.finished_at IS NULL OR r.finished_at > now() - make_interval(secs => %(recent_s)s))
@@ -62,16 +54,13 @@ LIMIT %(limit)s;
 
 -- name: tenant_events
 -- A tenant-wide tail catching up from Postgres: every event after a tseq, in tseq order.
-SELECT run_id, seq, type, data, at, tenant, queue, tseq FROM run_events
+SELECT e.*, runlane_event_json(e) AS json FROM run_events e
 WHERE tenant = %(tenant)s AND tseq > %(after)s
 ORDER BY tseq
 LIMIT %(limit)s;
 
 -- name: tenant_last_tseq
 SELECT COALESCE((SELECT last_tseq FROM tenant_streams WHERE tenant = %(tenant)s), 0) AS last_tseq;
-
--- name: run_last_seq
-SELECT last_seq FROM runs WHERE id = %(id)s;
 
 -- name: relay_try_lock
 -- Held for the life of the relay's session: exactly one relay publishes, standbys keep asking.

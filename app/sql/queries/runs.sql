@@ -1,30 +1,24 @@
--- Run state changes. Each is one statement, so the change and its outbox event commit together;
--- the row lock on runs serialises a run's events, so per run commit order is seq order.
+-- Run state changes. Each one marked (outbox) is wrapped by app/sql/outbox.sql into a single
+-- statement that also writes each returned row's event, so the change and its event commit
+-- together; such a change bumps last_seq and returns its rows with event_type and event_data.
 
--- name: insert_run
-WITH r AS (
-    -- created_at and an immediate run's scheduled_for are the same instant
-    INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
-                      priority, metadata, idempotency_key, request_fingerprint, created_at,
-                      scheduled_for, dispatched_at, last_seq)
-    VALUES (%(id)s, %(tenant)s, %(task)s, %(queue)s, %(status)s, %(input)s, %(max_attempts)s,
-            %(backoff)s, %(timeout_s)s, %(priority)s, %(metadata)s, %(idempotency_key)s,
-            %(request_fingerprint)s, now(), COALESCE(%(scheduled_for)s, now()),
-            CASE WHEN %(status)s = 'queued' THEN now() END, 1)
-    ON CONFLICT (tenant, idempotency_key) DO NOTHING
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, 1,
-           CASE WHEN status = 'queued' THEN 'run.queued' ELSE 'run.delayed' END,
-           CASE WHEN status = 'queued'
-                THEN jsonb_build_object('queue', queue, 'priority', priority)
-                ELSE jsonb_build_object('until', to_char(scheduled_for AT TIME ZONE 'UTC',
-                                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) END,
-           tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: insert_run (outbox)
+-- created_at and an immediate run's scheduled_for are the same instant
+INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
+                  priority, metadata, idempotency_key, request_fingerprint, created_at,
+                  scheduled_for, dispatched_at, last_seq)
+VALUES (%(id)s, %(tenant)s, %(task)s, %(queue)s, %(status)s, %(input)s, %(max_attempts)s,
+        %(backoff)s, %(timeout_s)s, %(priority)s, %(metadata)s, %(idempotency_key)s,
+        %(request_fingerprint)s, now(), COALESCE(%(scheduled_for)s, now()),
+        CASE WHEN %(status)s = 'queued' THEN now() END, 1)
+ON CONFLICT (tenant, idempotency_key) DO NOTHING
+RETURNING *,
+    CASE WHEN status = 'queued' THEN 'run.queued' ELSE 'run.delayed' END AS event_type,
+    CASE WHEN status = 'queued'
+         THEN jsonb_build_object('queue', queue, 'priority', priority)
+         ELSE jsonb_build_object('until', to_char(scheduled_for AT TIME ZONE 'UTC',
+                                                  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) END
+        AS event_data;
 
 -- name: run_by_idempotency_key
 SELECT * FROM runs WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s;
@@ -47,28 +41,21 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: list_events
-SELECT e.* FROM run_events e
+SELECT e.*, runlane_event_json(e) AS json FROM run_events e
 WHERE e.run_id = %(run_id)s AND e.seq > %(after)s
 ORDER BY e.seq
 LIMIT %(limit)s;
 
--- name: claim_attempt
+-- name: claim_attempt (outbox)
 -- Fencing: only a queued, unpaused, uncancelled run starts; a duplicate delivery updates nothing.
-WITH r AS (
-    UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = clock_timestamp(),
-                    worker = %(worker)s, last_seq = last_seq + 1,
-                    lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-    WHERE id = %(id)s AND status = 'queued' AND cancel_requested_at IS NULL
-      AND NOT EXISTS (SELECT 1 FROM queue_pauses p
-                      WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.started',
-           jsonb_build_object('attempt', attempt, 'worker', worker), tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = clock_timestamp(),
+                worker = %(worker)s, last_seq = last_seq + 1,
+                lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+WHERE id = %(id)s AND status = 'queued' AND cancel_requested_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                  WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
+RETURNING *, 'run.started' AS event_type,
+          jsonb_build_object('attempt', attempt, 'worker', worker) AS event_data;
 
 -- name: claimed_by_worker
 -- After a claim whose commit lost its connection: which of these runs that commit did start for
@@ -76,107 +63,62 @@ SELECT * FROM r;
 SELECT * FROM runs
 WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running' AND worker = %(worker)s;
 
--- name: release_attempt
+-- name: release_attempt (outbox)
 -- A claimed attempt handed back unstarted (worker shutting down): queued again, no attempt spent.
-WITH r AS (
-    UPDATE runs SET status = 'queued', attempt = attempt - 1, worker = NULL,
-                    started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END,
-                    lease_expires_at = NULL, dispatched_at = now(), last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-      AND cancel_requested_at IS NULL
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.queued', jsonb_build_object('queue', queue, 'priority', priority),
-           tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+UPDATE runs SET status = 'queued', attempt = attempt - 1, worker = NULL,
+                started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END,
+                lease_expires_at = NULL, dispatched_at = now(), last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+  AND cancel_requested_at IS NULL
+RETURNING *, 'run.queued' AS event_type,
+          jsonb_build_object('queue', queue, 'priority', priority) AS event_data;
 
--- name: record_progress
-WITH r AS (
-    UPDATE runs SET progress = %(data)s, last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.progress', %(data)s, tenant, queue FROM r
-)
-SELECT last_seq, cancel_requested_at FROM r;
+-- name: record_progress (outbox)
+UPDATE runs SET progress = %(data)s, last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+RETURNING id, tenant, queue, last_seq, cancel_requested_at,
+          'run.progress' AS event_type, %(data)s AS event_data;
 
--- name: record_log
-WITH r AS (
-    UPDATE runs SET last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.log', %(data)s, tenant, queue FROM r
-)
-SELECT last_seq, cancel_requested_at FROM r;
+-- name: record_log (outbox)
+UPDATE runs SET last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+RETURNING id, tenant, queue, last_seq, cancel_requested_at,
+          'run.log' AS event_type, %(data)s AS event_data;
 
--- name: finish_attempt
-WITH r AS (
-    UPDATE runs SET status = 'succeeded', result = %(result)s, finished_at = now(),
-                    lease_expires_at = NULL, last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-      AND cancel_requested_at IS NULL
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.succeeded', jsonb_build_object('result', result), tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: finish_attempt (outbox)
+UPDATE runs SET status = 'succeeded', result = %(result)s, finished_at = now(),
+                lease_expires_at = NULL, last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+  AND cancel_requested_at IS NULL
+RETURNING *, 'run.succeeded' AS event_type, jsonb_build_object('result', result) AS event_data;
 
--- name: retry_attempt
+-- name: retry_attempt (outbox)
 -- A failed attempt with attempts left: back to delayed (or queued when there is no wait).
-WITH r AS (
-    UPDATE runs SET status = CASE WHEN %(delay_ms)s > 0 THEN 'delayed' ELSE 'queued' END,
-                    error = %(error)s, lease_expires_at = NULL, worker = NULL,
-                    scheduled_for = now() + make_interval(secs => %(delay_ms)s / 1000.0),
-                    dispatched_at = CASE WHEN %(delay_ms)s > 0 THEN NULL ELSE now() END,
-                    last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-      AND cancel_requested_at IS NULL
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.retrying',
-           jsonb_build_object('attempt', attempt, 'error', error, 'delay_ms', %(delay_ms)s),
-           tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+UPDATE runs SET status = CASE WHEN %(delay_ms)s > 0 THEN 'delayed' ELSE 'queued' END,
+                error = %(error)s, lease_expires_at = NULL, worker = NULL,
+                scheduled_for = now() + make_interval(secs => %(delay_ms)s / 1000.0),
+                dispatched_at = CASE WHEN %(delay_ms)s > 0 THEN NULL ELSE now() END,
+                last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+  AND cancel_requested_at IS NULL
+RETURNING *, 'run.retrying' AS event_type,
+          jsonb_build_object('attempt', attempt, 'error', error, 'delay_ms', %(delay_ms)s)
+              AS event_data;
 
--- name: fail_attempt
-WITH r AS (
-    UPDATE runs SET status = 'failed', error = %(error)s, finished_at = now(),
-                    lease_expires_at = NULL, last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-      AND cancel_requested_at IS NULL
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.failed', jsonb_build_object('attempt', attempt, 'error', error),
-           tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: fail_attempt (outbox)
+UPDATE runs SET status = 'failed', error = %(error)s, finished_at = now(),
+                lease_expires_at = NULL, last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+  AND cancel_requested_at IS NULL
+RETURNING *, 'run.failed' AS event_type,
+          jsonb_build_object('attempt', attempt, 'error', error) AS event_data;
 
--- name: cancel_waiting
-WITH r AS (
-    UPDATE runs SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
-                    cancel_reason = %(reason)s, last_seq = last_seq + 1
-    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'delayed')
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.cancelled', jsonb_build_object('reason', cancel_reason),
-           tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: cancel_waiting (outbox)
+UPDATE runs SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
+                cancel_reason = %(reason)s, last_seq = last_seq + 1
+WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'delayed')
+RETURNING *, 'run.cancelled' AS event_type,
+          jsonb_build_object('reason', cancel_reason) AS event_data;
 
 -- name: request_cancel_running
 -- The run stays running until its worker stops the attempt and calls cancel_running.
@@ -187,40 +129,26 @@ UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
 WHERE id = %(id)s AND tenant = %(tenant)s AND status = 'running'
 RETURNING *;
 
--- name: cancel_running
-WITH r AS (
-    UPDATE runs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
-                    last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-      AND cancel_requested_at IS NOT NULL
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.cancelled',
-           jsonb_build_object('reason', COALESCE(cancel_reason, 'cancelled')), tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: cancel_running (outbox)
+UPDATE runs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+  AND cancel_requested_at IS NOT NULL
+RETURNING *, 'run.cancelled' AS event_type,
+          jsonb_build_object('reason', COALESCE(cancel_reason, 'cancelled')) AS event_data;
 
--- name: retry_run
-WITH r AS (
-    -- a fresh budget of max_attempts; `attempt` goes on counting every attempt started
-    UPDATE runs SET status = 'queued', attempt_base = attempt, stalls = 0, error = NULL,
-                    result = NULL,
-                    progress = NULL, finished_at = NULL, started_at = NULL, worker = NULL,
-                    cancel_requested_at = NULL, cancel_reason = NULL, scheduled_for = now(),
-                    dispatched_at = now(), last_seq = last_seq + 1
-    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'cancelled')
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.queued', jsonb_build_object('queue', queue, 'priority', priority),
-           tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: retry_run (outbox)
+-- a fresh budget of max_attempts; `attempt` goes on counting every attempt started
+UPDATE runs SET status = 'queued', attempt_base = attempt, stalls = 0, error = NULL,
+                result = NULL,
+                progress = NULL, finished_at = NULL, started_at = NULL, worker = NULL,
+                cancel_requested_at = NULL, cancel_reason = NULL, scheduled_for = now(),
+                dispatched_at = now(), last_seq = last_seq + 1
+WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'cancelled')
+RETURNING *, 'run.queued' AS event_type,
+          jsonb_build_object('queue', queue, 'priority', priority) AS event_data;
 
--- name: promote_due
+-- name: promote_due (outbox)
 -- Delayed runs whose time has come; SKIP LOCKED lets several schedulers share the work.
 WITH due AS (
     SELECT id FROM runs
@@ -228,17 +156,11 @@ WITH due AS (
     ORDER BY scheduled_for
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), r AS (
-    UPDATE runs SET status = 'queued', dispatched_at = now(), last_seq = last_seq + 1
-    FROM due WHERE runs.id = due.id
-    RETURNING runs.*
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.queued', jsonb_build_object('queue', queue, 'priority', priority),
-           tenant, queue
-    FROM r
 )
-SELECT * FROM r;
+UPDATE runs SET status = 'queued', dispatched_at = now(), last_seq = last_seq + 1
+FROM due WHERE runs.id = due.id
+RETURNING runs.*, 'run.queued' AS event_type,
+          jsonb_build_object('queue', queue, 'priority', priority) AS event_data;
 
 -- name: next_delayed_due
 SELECT min(scheduled_for) AS due FROM runs WHERE status = 'delayed';
@@ -256,31 +178,20 @@ ORDER BY lease_expires_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
--- name: requeue_stalled
-WITH r AS (
-    UPDATE runs SET status = 'queued', attempt = attempt - 1, stalls = stalls + 1,
-                    worker = NULL, lease_expires_at = NULL, dispatched_at = now(),
-                    last_seq = last_seq + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-    RETURNING *
-), e AS (
-    INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-    SELECT id, last_seq, 'run.stalled', jsonb_build_object('attempt', attempt + 1), tenant, queue
-    FROM r
-)
-SELECT * FROM r;
+-- name: requeue_stalled (outbox)
+UPDATE runs SET status = 'queued', attempt = attempt - 1, stalls = stalls + 1,
+                worker = NULL, lease_expires_at = NULL, dispatched_at = now(),
+                last_seq = last_seq + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+RETURNING *, 'run.stalled' AS event_type,
+          jsonb_build_object('attempt', attempt + 1) AS event_data;
 
--- name: stall_event
+-- name: stall_event (outbox)
 -- The run.stalled event of a run that is about to fail or be cancelled for stalling.
-WITH r AS (
-    UPDATE runs SET last_seq = last_seq + 1, stalls = stalls + 1
-    WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-    RETURNING *
-)
-INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
-SELECT id, last_seq, 'run.stalled', jsonb_build_object('attempt', attempt), tenant, queue
-FROM r
-RETURNING seq;
+UPDATE runs SET last_seq = last_seq + 1, stalls = stalls + 1
+WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
+RETURNING id, tenant, queue, last_seq, 'run.stalled' AS event_type,
+          jsonb_build_object('attempt', attempt) AS event_data;
 
 -- name: queued_to_dispatch
 -- Queued runs that Redis may not hold: never dispatched, or dispatched long ago.
