@@ -10,21 +10,19 @@ duplicate delivery to RQ is a no-op at the worker's claim.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-
-from croniter import croniter
 
 from app import dispatch, runs
 from app.config import Settings
 from app.db import q
 from app.domain import Run, RunStatus, rfc3339
 from app.runs import Conn, NewRun
+from app.schedules import next_fire_at
 from app.services import Services
 
 log = logging.getLogger("runlane.scheduler")
@@ -186,14 +184,3 @@ class Scheduler:
             log.info("scheduler.retention_deleted", extra={"count": len(ids)})
             if len(ids) < 1000:
                 break
-
-
-def next_fire_at(cron: str | None, every_s: float | None, fired_at: datetime) -> datetime:
-    """The firing after `fired_at`, skipping any that a stopped scheduler missed (like BullMQ)."""
-    now = datetime.now(fired_at.tzinfo)
-    if every_s:
-        step = timedelta(seconds=every_s)
-        missed = max(0, math.floor((now - fired_at) / step))
-        return fired_at + step * (missed + 1)
-    base = max(fired_at, now)
-    return croniter(cron or "* * * * *", base).get_next(datetime)

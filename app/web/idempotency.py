@@ -1,7 +1,7 @@
 """Idempotency keys (CONTRACT §2): an atomic claim in Redis and the first response kept for replay.
 
 Redis is only the fast path: when it has lost a key (or is down), the unique (tenant, key) of the
-runs table still refuses a second run, and the view compares the stored request fingerprint.
+runs table still refuses a second run, and app.web.submit compares the stored request fingerprint.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from redis import Redis, RedisError
 from redis.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from app import logs
 from app.redis_keys import IDEMPOTENCY_CLAIM, IDEMPOTENCY_RELEASE, IDEMPOTENCY_STORE, Keys
@@ -95,19 +94,15 @@ class IdempotencyStore:
         *,
         pipeline: Pipeline | None = None,
     ) -> None:
-        """Keeps the response for replays. Given a `pipeline`, the store is added to it and the
-        pipeline executed, so it costs no round trip of its own."""
+        """Keeps the response for replays. Given a `pipeline`, the command is only added to it,
+        by SHA: the caller executes it, and if that raises NoScriptError (Redis restarted and
+        forgot the script) stores again without a pipeline, which loads the script."""
         name = self.keys.idempotency(tenant, key)
         args: list[str | int | bytes] = [fp, status, body, self.ttl_ms]
         if pipeline is None:
             self._store(keys=[name], args=args)
-            return
-        # By SHA rather than through the Script object, which would first ask SCRIPT EXISTS.
-        pipeline.evalsha(self._store.sha, 1, name, *args)
-        try:
-            pipeline.execute()
-        except NoScriptError:  # Redis restarted and forgot it; the pipeline's other commands ran
-            self._store(keys=[name], args=args)
+        else:  # by SHA rather than the Script object, which would first ask SCRIPT EXISTS
+            pipeline.evalsha(self._store.sha, 1, name, *args)
 
     def release(self, tenant: str, key: str, fp: str) -> None:
         """Frees a key claimed by a request that ended without creating a run (best effort)."""

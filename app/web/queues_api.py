@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 from flask import Blueprint
 from redis import RedisError
 
-from app import dispatch, live_workers, logs, runs
-from app.db import q
-from app.domain import Run, RunStatus
-from app.redis_keys import PRIORITIES
+from app import dispatch, live_workers, logs, queues, runs
+from app.domain import RunStatus
 from app.runs import Conn
 from app.web.auth import require_tenant, tenant
 from app.web.current import services
 from app.web.errors import ApiError
-from app.web.schemas import NAME_PATTERN
+from app.web.openapi import NAME, Reply, documented
+from app.web.schemas import NAME_PATTERN, QueueList, QueueOut, TaskList
 
 log = logs.get("runlane.web")
 
@@ -26,30 +25,41 @@ bp.before_request(require_tenant)
 
 
 @bp.get("/queues")
+@documented("List queues", responses={200: Reply("Queues", QueueList)})
 def list_queues() -> dict[str, Any]:
     with services().pool.connection() as conn:
-        counts, paused = _counts(conn, None), _paused(conn, None)
+        counts, paused = queues.run_counts(conn, tenant()), queues.paused_queues(conn, tenant())
     workers = _live_workers()
     names = sorted(set(counts) | paused | set(workers))
     return {"items": [_queue(name, counts, paused, workers) for name in names]}
 
 
 @bp.post("/queues/<name>/pause")
+@documented(
+    "Pause the caller's runs in a queue",
+    path=[NAME],
+    responses={200: Reply("The queue", QueueOut), 404: None},
+)
 def pause_queue(name: str) -> dict[str, Any]:
     """Nothing new of the caller's in this queue starts (workers refuse to claim its runs)."""
     _check_name(name)
     with services().pool.connection() as conn:
-        conn.execute(q("pause_queue"), {"tenant": tenant(), "queue": name})
+        queues.pause_queue(conn, tenant(), name)
         return _one_queue(conn, name)
 
 
 @bp.post("/queues/<name>/resume")
+@documented(
+    "Resume the caller's runs in a queue",
+    path=[NAME],
+    responses={200: Reply("The queue", QueueOut), 404: None},
+)
 def resume_queue(name: str) -> dict[str, Any]:
     """Unpause, and hand RQ again the queued runs its workers dropped while paused."""
     _check_name(name)
     svc = services()
     with svc.pool.connection() as conn:
-        queued = _resume(conn, name)
+        queued = queues.resume_queue(conn, tenant(), name)
         try:
             dispatch.enqueue(svc.redis, svc.keys, queued)
             runs.mark_dispatched(conn, [run.id for run in queued])
@@ -58,14 +68,13 @@ def resume_queue(name: str) -> dict[str, Any]:
         return _one_queue(conn, name)
 
 
-def _resume(conn: Conn, name: str) -> list[Run]:
-    """Deletes the pause; the caller's queued runs of the queue, which workers dropped meanwhile."""
-    conn.execute(q("resume_queue"), {"tenant": tenant(), "queue": name})
-    rows = conn.execute(q("queued_in_queue"), {"tenant": tenant(), "queue": name}).fetchall()
-    return [Run.from_row(row) for row in rows]
-
-
 @bp.get("/tasks")
+@documented(
+    "List registered tasks",
+    responses={200: Reply("Tasks", TaskList)},
+    storage=False,
+    tags=["tasks"],
+)
 def list_tasks() -> dict[str, Any]:
     registry = services().registry
     return {"items": [registry.tasks[name].to_json() for name in sorted(registry.tasks)]}
@@ -77,7 +86,8 @@ def _check_name(name: str) -> None:
 
 
 def _one_queue(conn: Conn, name: str) -> dict[str, Any]:
-    return _queue(name, _counts(conn, name), _paused(conn, name), _live_workers())
+    counts = queues.run_counts(conn, tenant(), name)
+    return _queue(name, counts, queues.paused_queues(conn, tenant(), name), _live_workers())
 
 
 def _queue(
@@ -92,19 +102,6 @@ def _queue(
     }
 
 
-def _counts(conn: Conn, queue: str | None) -> dict[str, Counter[str]]:
-    """The caller's runs per queue and status."""
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for row in conn.execute(q("queue_counts"), {"tenant": tenant(), "queue": queue}):
-        counts[row["queue"]][row["status"]] = row["n"]
-    return counts
-
-
-def _paused(conn: Conn, queue: str | None) -> set[str]:
-    rows = conn.execute(q("queue_pauses"), {"tenant": tenant(), "queue": queue})
-    return {row["queue"] for row in rows}
-
-
 def _live_workers() -> Counter[str]:
     """Live workers per runlane queue (app.live_workers: heartbeating now)."""
     svc = services()
@@ -117,14 +114,3 @@ def _live_workers() -> Counter[str]:
     for worker in workers:
         served.update(worker.queues)
     return served
-
-
-def _runlane_queue(rq_name: str, prefix: str) -> str | None:
-    """The runlane queue of an RQ queue name `{prefix}.{queue}.p{priority}`, if it is one."""
-    head = f"{prefix}."
-    if not rq_name.startswith(head):
-        return None
-    queue, sep, priority = rq_name[len(head) :].rpartition(".p")
-    if not sep or not queue or not priority.isdigit() or int(priority) not in PRIORITIES:
-        return None
-    return queue

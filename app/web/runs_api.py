@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,8 +22,19 @@ from app.web.current import (
     validate,
 )
 from app.web.errors import ApiError
-from app.web.idempotency import Claim
-from app.web.schemas import EventListQuery, RunCreate, RunListQuery
+from app.web.fields import EPOCH
+from app.web.openapi import (
+    CREATED,
+    EVENTS,
+    FINISHED,
+    IDEMPOTENCY_KEY,
+    LAST_EVENT_ID,
+    RUN_ID,
+    Reply,
+    documented,
+)
+from app.web.schemas import EventListQuery, RunCreate, RunList, RunListQuery, RunOut
+from app.web.submit import Ports, SubmitResult, submit
 
 CANCEL_FLAG_TTL_S = 24 * 3600
 log = logs.get("runlane.web")
@@ -36,6 +44,12 @@ bp.before_request(require_tenant)
 
 
 @bp.post("/runs")
+@documented(
+    "Submit a run",
+    body=RunCreate,
+    headers=[IDEMPOTENCY_KEY],
+    responses={201: CREATED, 409: None},
+)
 def submit_run() -> Response:
     # Everything that can refuse the request comes before the claim, so refusals leave the
     # Idempotency-Key unused.
@@ -43,16 +57,29 @@ def submit_run() -> Response:
     body = read_json()
     spec = validate(RunCreate, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    return _submit(_new_run(spec, key, fp))
+    result = submit(Ports.of(services(), idempotency_store()), _new_run(spec, key, fp))
+    if result.replayed:
+        metrics().idempotent_replays.inc()
+    elif result.run is not None:
+        metrics().runs_created.labels(result.run.queue).inc()
+    return _response(result)
 
 
 @bp.get("/runs/<run_id>")
+@documented("Get a run", path=[RUN_ID], responses={200: Reply("The run", RunOut), 404: None})
 def get_run(run_id: str) -> dict[str, Any]:
     with services().pool.connection() as conn:
         return runs.get_run(conn, tenant(), run_id).to_json()
 
 
 @bp.get("/runs")
+@documented(
+    "List runs, newest first",
+    query=RunListQuery,
+    responses={200: Reply("A page of runs", RunList), 400: None, 422: None},
+    description="A malformed parameter is 400; one that no stored value can hold (a NUL "
+    "character) is 422 naming it.",
+)
 def list_runs() -> dict[str, Any]:
     query = validate(RunListQuery, query_args(), status=400)
     with services().pool.connection() as conn:
@@ -74,6 +101,9 @@ def list_runs() -> dict[str, Any]:
 
 
 @bp.post("/runs/<run_id>/cancel")
+@documented(
+    "Cancel a run", path=[RUN_ID], responses={200: Reply("The run", RunOut), 404: None, 409: None}
+)
 def cancel_run(run_id: str) -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
@@ -90,6 +120,11 @@ def cancel_run(run_id: str) -> dict[str, Any]:
 
 
 @bp.post("/runs/<run_id>/retry")
+@documented(
+    "Retry a failed or cancelled run",
+    path=[RUN_ID],
+    responses={200: Reply("The run", RunOut), 404: None, 409: None},
+)
 def retry_run(run_id: str) -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
@@ -99,15 +134,26 @@ def retry_run(run_id: str) -> dict[str, Any]:
 
 
 @bp.get("/runs/<run_id>/events")
+@documented(
+    "A run's events (JSON history, or Server-Sent Events)",
+    path=[RUN_ID],
+    query=EventListQuery,
+    headers=[LAST_EVENT_ID],
+    token_query=True,
+    responses={200: EVENTS, 204: FINISHED, 400: None, 404: None, 422: None},
+    description="`?token=` is accepted for the Server-Sent Events form only; the JSON form "
+    "requires the Authorization header.",
+)
 @query_token(when=tails.wants_event_stream)  # an EventSource cannot set headers
 def list_events(run_id: str) -> Any:
     query = validate(EventListQuery, query_args(), status=400)
+    last_event_id = _last_event_id()  # checked for both forms, used by the stream
     sse = tails.wants_event_stream()
     with services().pool.connection() as conn:
         run = runs.get_run(conn, tenant(), run_id)
         events = [] if sse else runs.list_events(conn, run.id, after=query.after, limit=query.limit)
     if sse:  # outside the `with`: a stream must not hold a pooled connection for its whole life
-        return tails.sse_response(run, max(query.after, _last_event_id()))
+        return tails.sse_response(run, max(query.after, last_event_id))
     return {"items": [event.to_json() for event in events]}
 
 
@@ -142,70 +188,6 @@ def _delayed_until(spec: RunCreate) -> datetime | None:
     return None
 
 
-def _submit(new: runs.NewRun) -> Response:
-    store = idempotency_store()
-    claim = Claim.UNAVAILABLE
-    if new.idempotency_key is not None:
-        outcome = store.claim(new.tenant, new.idempotency_key, str(new.request_fingerprint))
-        if outcome.claim is Claim.REPLAY:
-            return _replay(outcome.status, outcome.body)
-        if outcome.claim is Claim.IN_FLIGHT:
-            raise idempotency.in_flight()
-        if outcome.claim is Claim.MISMATCH:
-            raise idempotency.mismatch()
-        claim = outcome.claim
-    try:
-        with services().pool.connection() as conn:
-            run, created = runs.create_run(conn, new)
-    except BaseException:
-        if claim is Claim.CLAIMED:  # no run was created: the key must stay usable
-            store.release(new.tenant, str(new.idempotency_key), str(new.request_fingerprint))
-        raise
-    if not created:
-        return _existing(run, new, claimed=claim is Claim.CLAIMED)
-    body = _dump(run.to_json())
-    _dispatch_and_store(run, new, body, claimed=claim is Claim.CLAIMED)
-    metrics().runs_created.labels(run.queue).inc()
-    return _response(201, body, run.id)
-
-
-def _existing(run: Run, new: runs.NewRun, *, claimed: bool) -> Response:
-    """Redis had forgotten the key (or is down) but Postgres holds a run with it."""
-    store = idempotency_store()
-    key, fp = str(new.idempotency_key), str(new.request_fingerprint)
-    if run.request_fingerprint != fp:
-        if claimed:
-            store.release(new.tenant, key, fp)
-        raise idempotency.mismatch()
-    body = _dump(run.to_json())
-    if claimed:
-        try:
-            store.store(new.tenant, key, fp, 201, body)
-        except RedisError as exc:  # the claim's lease runs out; Postgres answers again then
-            log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
-    return _response(201, body, run.id, replayed=True)
-
-
-def _dispatch_and_store(run: Run, new: runs.NewRun, body: bytes, *, claimed: bool) -> None:
-    """Hands the run to RQ and stores the idempotent response, in one round trip.
-
-    Delayed runs are not enqueued: the scheduler promotes them when due. If Redis fails here the
-    run is committed anyway, and the scheduler's sweep dispatches runs that never reached RQ.
-    """
-    svc, store = services(), idempotency_store()
-    key, fp = str(new.idempotency_key), str(new.request_fingerprint)
-    pipe = svc.redis.pipeline(transaction=False)
-    try:
-        if run.status is RunStatus.QUEUED:  # (RQ asks Redis its version once per client)
-            dispatch.enqueue(svc.redis, svc.keys, [run], pipeline=pipe)
-        if claimed:
-            store.store(new.tenant, key, fp, 201, body, pipeline=pipe)  # executes the pipeline
-        else:
-            pipe.execute()
-    except RedisError as exc:
-        log.warning("submit.redis_failed", extra={"run_id": run.id, "error": str(exc)})
-
-
 def _enqueue(run: Run) -> None:
     svc = services()
     try:
@@ -214,38 +196,25 @@ def _enqueue(run: Run) -> None:
         log.warning("dispatch.failed", extra={"run_id": run.id, "error": str(exc)})
 
 
-def _response(status: int, body: bytes, run_id: str, *, replayed: bool = False) -> Response:
-    response = Response(body, status, mimetype="application/json")
-    if status == 201:
-        response.headers["Location"] = f"/v1/runs/{run_id}"
-    if replayed:
+def _response(result: SubmitResult) -> Response:
+    response = Response(result.body, result.status, mimetype="application/json")
+    if result.status == 201:
+        response.headers["Location"] = f"/v1/runs/{result.run_id}"
+    if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-        metrics().idempotent_replays.inc()
     return response
 
 
-def _replay(status: int, body: bytes) -> Response:
-    """A response stored in Redis, sent again as it was first sent."""
-    run_id = json.loads(body).get("id", "") if status == 201 else ""
-    return _response(status, body, run_id, replayed=True)
-
-
-def _dump(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
 def _encode_cursor(run: Run) -> str:
-    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (run.created_at - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{uuid.UUID(run.id).hex}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, run_id = raw.partition("|")
-        return datetime.fromisoformat(created), str(uuid.UUID(run_id))
-    except (ValueError, binascii.Error) as exc:
-        raise _bad_query("cursor", "not a cursor this API gave out") from exc
+    # Every text of RunListQuery's CURSOR_PATTERN is a cursor (so the document can say which):
+    # one this API never gave out just starts a page somewhere.
+    micros, _, run_hex = cursor.partition(".")
+    return EPOCH + timedelta(microseconds=int(micros)), str(uuid.UUID(run_hex))
 
 
 def _last_event_id() -> int:

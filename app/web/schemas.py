@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from croniter import CroniterError, croniter
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from app.domain import EventType, RunStatus
+from app.domain import Event, Record, Run, RunStatus, api_fields
+from app.web.fields import (
+    CRON_PATTERN,
+    CURSOR_PATTERN,
+    INTEGRAL,
+    NO_NUL,
+    REGISTERED_TASK,
+    Rfc3339,
+    Storable,
+    StorableObject,
+)
 
 # Queue and schedule names end up in RQ queue names and Redis keys: keep them plain.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
@@ -33,30 +43,27 @@ MAX_INT32 = 2**31 - 1
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-def _rfc3339(value: Any) -> datetime:
-    """An RFC 3339 timestamp with a zone; numbers, naive or unparsable times are refused."""
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError("must be an RFC 3339 timestamp, e.g. 2030-01-01T00:00:00Z") from exc
-    if parsed.tzinfo is None:
-        raise ValueError("must carry a time zone offset (e.g. Z or +02:00)")
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00
-        raise ValueError("is out of range") from exc
-
-
-Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
-
-
 def _registered(name: str, info: ValidationInfo) -> str:
     registry = (info.context or {}).get("registry")
     if registry is not None and name not in registry:
         raise ValueError(f"unknown task {name!r}")
     return name
+
+
+# ScheduleCreate's rule, for the document: exactly one of cron and every_s, and not null.
+ONE_TRIGGER: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+        {"required": ["every_s"], "properties": {"every_s": {"type": "number"}}},
+    ]
+}
+# RunCreate's rule, for the document: not both delay_ms and run_at.
+ONE_START_TIME: dict[str, Any] = {
+    "not": {
+        "required": ["delay_ms", "run_at"],
+        "properties": {"delay_ms": {"type": "integer"}, "run_at": {"type": "string"}},
+    }
+}
 
 
 class Request(BaseModel):
@@ -65,23 +72,25 @@ class Request(BaseModel):
 
 class Backoff(Request):
     type: Literal["fixed", "exponential"]
-    delay_ms: int = Field(ge=0, le=MAX_INT32)
+    delay_ms: Annotated[int, Field(ge=0, le=MAX_INT32), INTEGRAL]
     jitter: float = Field(default=0.0, ge=0, le=1)
 
 
 class RunCreate(Request):
     """POST /v1/runs. Validate with context={"registry": ...} to refuse unknown tasks."""
 
-    task: str = Field(min_length=1, max_length=200)
-    input: Any = None
+    model_config = ConfigDict(json_schema_extra=ONE_START_TIME)
+
+    task: str = Field(min_length=1, max_length=200, json_schema_extra=REGISTERED_TASK)
+    input: Storable = None
     queue: Name | None = None
-    priority: int = Field(default=5, ge=1, le=10)
-    delay_ms: int | None = Field(default=None, ge=0, le=TEN_YEARS_MS)
+    priority: Annotated[int, Field(ge=1, le=10), INTEGRAL] = 5
+    delay_ms: Annotated[int, Field(ge=0, le=TEN_YEARS_MS), INTEGRAL] | None = None
     run_at: Rfc3339 | None = None
-    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    max_attempts: Annotated[int, Field(ge=1, le=100), INTEGRAL] | None = None
     backoff: Backoff | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: StorableObject = Field(default_factory=dict)
 
     _task_registered = field_validator("task")(_registered)
 
@@ -104,11 +113,13 @@ class RunCreate(Request):
 class ScheduleCreate(Request):
     """POST /v1/schedules: exactly one of cron and every_s."""
 
+    model_config = ConfigDict(json_schema_extra=ONE_TRIGGER)
+
     name: Name
-    task: str = Field(min_length=1, max_length=200)
-    input: Any = None
+    task: str = Field(min_length=1, max_length=200, json_schema_extra=REGISTERED_TASK)
+    input: Storable = None
     queue: Name | None = None
-    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    cron: str | None = Field(default=None, min_length=1, max_length=200, pattern=CRON_PATTERN)
     every_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
 
     _task_registered = field_validator("task")(_registered)
@@ -140,15 +151,34 @@ class Query(BaseModel):
 
 class RunListQuery(Query):
     status: RunStatus | None = None
-    queue: str | None = None
-    task: str | None = None
+    queue: str | None = Field(default=None, pattern=NO_NUL)
+    task: str | None = Field(default=None, pattern=NO_NUL)
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = None
+    cursor: str | None = Field(
+        default=None, pattern=CURSOR_PATTERN, description="next_cursor of the last page"
+    )
 
 
 class EventListQuery(Query):
     after: int = Field(default=0, ge=0, le=MAX_INT32)
     limit: int = Field(default=1000, ge=1, le=1000)
+
+
+# The tails' queries, which app.web.tails checks by hand before the upgrade (as problem+json).
+MAX_TAIL_NUMBER = 2**62
+
+
+class RunTailQuery(Query):
+    after: int = Field(default=0, ge=0, le=MAX_TAIL_NUMBER, description="send events after seq")
+
+
+class TenantTailQuery(Query):
+    queue: str | None = Field(default=None, description="only this queue's runs")
+    cursor: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,19}$",
+        description="resume after this cursor (the `cursor` of the last message)",
+    )
 
 
 # Response bodies: what the API returns, for the OpenAPI document.
@@ -168,38 +198,34 @@ class Progress(Response):
     message: str
 
 
-class RunOut(Response):
-    id: str
-    task: str
-    queue: str
-    status: RunStatus
-    input: Any
-    result: Any
-    error: RunError | None
-    attempt: int
-    max_attempts: int
-    priority: int
-    progress: Progress | None
-    metadata: dict[str, Any]
-    idempotency_key: str | None
-    created_at: datetime
-    scheduled_for: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    last_seq: int
+def response_of(record: type[Record], name: str, **refined: Any) -> type[Response]:
+    """The response model of a domain record: its API fields, in order, every one required;
+    `refined` gives a field a more precise type for the document than the record declares."""
+    hints = get_type_hints(record)
+    fields: dict[str, Any] = {
+        f.name: (refined.pop(f.name, hints[f.name]), ...) for f in api_fields(record)
+    }
+    if refined:
+        raise TypeError(f"{record.__name__} has no API fields {sorted(refined)}")
+    return create_model(name, __base__=Response, __module__=__name__, **fields)
+
+
+# The run and the event are defined once, by app.domain; mypy cannot see the fields of a model
+# made at run time, so it is shown a model without them.
+if TYPE_CHECKING:
+
+    class RunOut(Response): ...
+
+    class EventOut(Response): ...
+
+else:
+    RunOut = response_of(Run, "RunOut", error=RunError | None, progress=Progress | None)
+    EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
 
 
 class RunList(Response):
     items: list[RunOut]
     next_cursor: str | None
-
-
-class EventOut(Response):
-    run_id: str
-    seq: int = Field(ge=1)
-    type: EventType
-    at: datetime
-    data: dict[str, Any]
 
 
 class EventList(Response):

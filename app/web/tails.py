@@ -21,6 +21,8 @@ from app.web import streams
 from app.web.auth import CHALLENGE, authenticate, request_token
 from app.web.current import services
 from app.web.errors import ApiError, problem
+from app.web.openapi import RUN_ID, documented, websocket_twin
+from app.web.schemas import EventOut, RunTailQuery, TailMessage, TenantTailQuery
 from app.web.streams import Entry, StreamHub
 
 bp = Blueprint("tails", __name__)
@@ -87,6 +89,7 @@ def _check_before_upgrade() -> Response | None:
     return None
 
 
+@websocket_twin
 def upgrade_required(**_: str) -> Response:
     """A plain GET of a tail that passed every check: it must be a WebSocket (RFC 9110 426)."""
     return problem(
@@ -120,6 +123,18 @@ def _bad(field: str, message: str) -> ApiError:
 # --- after the upgrade ------------------------------------------------------------------------
 
 
+@documented(
+    "Tail a run's events (WebSocket; token also accepted as ?token=)",
+    path=[RUN_ID],
+    query=RunTailQuery,
+    websocket=EventOut,
+    token_query=True,
+    responses={404: None},
+    tags=["tails"],
+    description="Checked in this order, before the upgrade: the token (401), the run (404), the "
+    "query (400); a plain GET without `Upgrade: websocket` then gets 426. After the run's terminal "
+    "event the server closes with code 1000.",
+)
 def run_tail(ws: Any, run_id: str) -> None:
     """WebSocket /v1/runs/{id}/tail?after=N: history, then live; close 1000 after the end (at
     once when the run had finished and N is at or past its last event)."""
@@ -128,6 +143,17 @@ def run_tail(ws: Any, run_id: str) -> None:
         ws.close(1000, "run finished")
 
 
+@documented(
+    "Tail every event of the tenant's runs (WebSocket; token also accepted as ?token=)",
+    query=TenantTailQuery,
+    websocket=TailMessage,
+    token_query=True,
+    responses={},
+    tags=["tails"],
+    description="Checked in this order, before the upgrade: the token (401), the query (400); a "
+    'plain GET without `Upgrade: websocket` then gets 426. A message {"type": "gap"} says that '
+    "events after the cursor were trimmed away.",
+)
 def tenant_tail(ws: Any) -> None:
     """WebSocket /v1/tail?queue=Q&cursor=C: the tenant's events as {"cursor", "event"}."""
     follower = streams.follow_tenant(

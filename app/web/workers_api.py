@@ -9,12 +9,15 @@ from flask import Blueprint
 from app import live_workers
 from app.web.auth import require_tenant, tenant
 from app.web.current import services
+from app.web.openapi import Reply, documented
+from app.web.schemas import WorkerList
 
 bp = Blueprint("workers", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)
 
 
 @bp.get("/workers")
+@documented("List live workers", responses={200: Reply("Live workers", WorkerList)})
 def list_workers() -> dict[str, Any]:
     # Redis away: nothing of the list can be read, so the app's RedisError handler answers 503
     svc = services()

@@ -1,4 +1,5 @@
-"""Fixtures of the API integration tests: the real app on this test's database and key prefix."""
+"""Fixtures of the API integration tests: the real app on this test's database and key prefix,
+and a test client that holds every response to /openapi.json."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from redis import Redis
 from app.config import Settings
 from app.services import Services
 from app.web import create_app
+from tests.integration.documented import DocumentedClient
 
 
 @pytest.fixture
@@ -28,4 +30,5 @@ def app(services: Services) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """app.test_client(), but a response that /openapi.json does not document fails the test."""
+    return DocumentedClient(app, app.response_class, use_cookies=True)

@@ -90,7 +90,10 @@ def test_pause_and_resume_act_on_the_callers_runs_only(
     assert queues(client, BETA)["jobs"]["paused"] is False
 
     with services.pool.connection() as conn:  # workers refuse to start the caller's paused runs
-        assert runs.claim_attempt(conn, mine["id"], worker="w", lease_s=5) is None
+        assert (
+            runs.group_commit(conn, [runs.claim_change(mine["id"], worker="w", lease_s=5)])[0]
+            is None
+        )
     rq_queue = Queue(services.keys.rq_queue("jobs", 5), connection=services.redis)
     rq_queue.empty()  # as if a worker had dropped the job
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 import pytest
+from redis.exceptions import NoScriptError
 
 from app.redis_keys import Keys
 from app.web.errors import ApiError
@@ -63,16 +64,27 @@ def test_different_request_is_a_mismatch_in_flight_or_done(store: IdempotencySto
 
 def test_stored_response_is_replayed_for_the_ttl(store: IdempotencyStore) -> None:
     store.claim("alpha", "k", "fp1")
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.set("t:other", "1")
-    # the first store after a Redis (re)start finds no script: it is loaded and the store redone
-    store.store("alpha", "k", "fp1", 201, b'{"id": "r1"}', pipeline=pipe)
-    assert store.redis.get("t:other") == b"1"
+    store.store("alpha", "k", "fp1", 201, b'{"id": "r1"}')
     outcome = store.claim("alpha", "k", "fp1")
     assert (outcome.claim, outcome.status, outcome.body) == (Claim.REPLAY, 201, b'{"id": "r1"}')
     assert store.redis.pttl(store.keys.idempotency("alpha", "k")) > LEASE_MS
+
+
+def test_a_store_in_a_pipeline_is_only_added_to_it_by_sha(store: IdempotencyStore) -> None:
+    store.claim("alpha", "k", "fp1")
     pipe = store.redis.pipeline(transaction=False)
-    store.store("alpha", "k2", "fp1", 201, b"{}", pipeline=pipe)  # now by EVALSHA in the pipeline
+    pipe.set("t:other", "1")
+    store.store("alpha", "k", "fp1", 201, b"{}", pipeline=pipe)
+    assert store.claim("alpha", "k", "fp1").claim is Claim.IN_FLIGHT  # nothing sent yet
+    # a fresh Redis (or one restarted) has not the script: the caller stores again without a
+    # pipeline, which loads it; the pipeline's other commands ran
+    with pytest.raises(NoScriptError):
+        pipe.execute()
+    assert store.redis.get("t:other") == b"1"
+    store.store("alpha", "k", "fp1", 201, b"{}")
+    pipe = store.redis.pipeline(transaction=False)
+    store.store("alpha", "k2", "fp1", 201, b"{}", pipeline=pipe)
+    pipe.execute()
     assert store.claim("alpha", "k2", "fp1").claim is Claim.REPLAY
 
 
