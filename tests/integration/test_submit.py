@@ -16,7 +16,7 @@ from app.web.errors import ApiError
 from app.web.idempotency import Claim, IdempotencyStore
 from app.web.submit import Ports, submit
 from runlane.embedded import free_port
-from tests.unit.test_submit import count_round_trips
+from tests.helpers import count_round_trips
 
 NEW = NewRun(
     tenant="alpha",

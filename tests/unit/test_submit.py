@@ -7,11 +7,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import fakeredis
 import pytest
-from redis.client import Pipeline
 
 from app.domain import Run, RunStatus
 from app.redis_keys import Keys
@@ -19,6 +17,7 @@ from app.runs import NewRun
 from app.web.errors import ApiError
 from app.web.idempotency import LEASE_MS, Claim, IdempotencyStore
 from app.web.submit import Ports, submit
+from tests.helpers import count_round_trips
 
 NEW = NewRun(
     tenant="alpha",
@@ -236,24 +235,3 @@ def test_after_the_insert_dispatch_and_store_are_one_round_trip(
     assert not result.replayed
     claim = ["EVALSHA"] if key else []
     assert trips == [*claim, "insert", "pipeline"]
-
-
-def count_round_trips(
-    ports: Ports, monkeypatch: pytest.MonkeyPatch, trips: list[str], *, skip: tuple[str, ...] = ()
-) -> None:
-    """Records in `trips` each command sent alone and each non-empty pipeline executed."""
-    send = ports.redis.execute_command
-    execute = Pipeline.execute
-
-    def one(*args: Any, **kwargs: Any) -> Any:
-        if args[0] not in skip:
-            trips.append(str(args[0]))
-        return send(*args, **kwargs)
-
-    def pipeline(self: Pipeline, raise_on_error: bool = True) -> Any:
-        if self.command_stack:
-            trips.append("pipeline")
-        return execute(self, raise_on_error)
-
-    monkeypatch.setattr(ports.redis, "execute_command", one)
-    monkeypatch.setattr(Pipeline, "execute", pipeline)
