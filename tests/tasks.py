@@ -40,3 +40,10 @@ def reporter(ctx: Context, input: Any) -> dict[str, Any]:
         count += 1
         ctx.progress(count % 100, f"report {count}")
     return {"reports": count}
+
+
+@task("tests.blocked")
+def blocked(ctx: Context, input: Any) -> dict[str, Any]:
+    """One long C call (time.sleep of `seconds`): at concurrency 1 a signal still ends it early."""
+    time.sleep(float(input.get("seconds", 30)))
+    return {"blocked": True}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +23,12 @@ from app.runs import Change
 from app.services import REDIS_DOWN, Services
 from app.tasks import TaskDef, Unrecoverable
 from workers import backoff
-from workers.context import (
-    Attempt,
+from workers.context import Attempt, AttemptContext
+from workers.stopping import (
     AttemptCancelled,
-    AttemptContext,
     AttemptTimedOut,
-    ThreadedAttempt,
+    Delivery,
+    ThreadDelivery,
     WorkerShutdown,
 )
 
@@ -46,21 +45,21 @@ class Outcome:
 
 
 class Executor:
-    """Runs attempts in the calling (main) thread, on one persistent Postgres connection."""
+    """Claims runs and records outcomes on one persistent Postgres connection, that of the
+    worker's loop; calls tasks in whichever thread runs them (the loop's own at concurrency 1),
+    their progress and log lines each on a pooled connection of its own."""
 
-    attempt_type: type[Attempt] = Attempt
-
-    def __init__(self, services: Services, worker: str) -> None:
+    def __init__(self, services: Services, worker: str, delivery: Delivery | None = None) -> None:
         self.services = services
         self.settings = services.settings
         self.worker = worker
+        self.delivery = delivery or ThreadDelivery()  # how stops reach this worker's tasks
         self.conn = services.pool.getconn()
-        self.current: Attempt | None = None
         # claimed, not yet recorded: the monitor renews their leases and watches for cancels
         self.in_hand: dict[str, Attempt] = {}
+        # their tasks running now: the monitor polls their cancel keys, the watchdog stops them
+        self.running: dict[str, Attempt] = {}
         self._reconnects = 0  # connections replaced after Postgres dropped one
-        # set by a worker that installed the stop-signal handlers (see workers.worker)
-        self.signals = False
 
     def close(self) -> None:
         self.services.pool.putconn(self.conn)
@@ -76,7 +75,7 @@ class Executor:
         started = [run for run in done[len(outcomes) :] if run is not None]
         if self._reconnects != reconnects:
             started += self._claimed_before_the_loss(claim_ids, started)
-        claimed = [self.attempt_type(run) for run in started]
+        claimed = [Attempt(run, self.delivery) for run in started]
         for attempt in claimed:
             self.in_hand[attempt.run.id] = attempt
         return claimed
@@ -94,36 +93,41 @@ class Executor:
 
     def in_flight(self) -> list[Attempt]:
         """The attempts whose tasks are running now."""
-        current = self.current
-        return [current] if current is not None else []
+        return list(self.running.values())
 
     def release(self, attempt: Attempt) -> Outcome:
         return Outcome(attempt.run, runs.release_change(attempt.run))
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
-        """A task's progress or log line, committed with its event at once; True if cancelled."""
-        cancelled = self._reconnecting(lambda conn: _report(conn, run, kind, data))
+        """A task's progress or log line, committed with its event at once; True if cancelled.
+        From the task's thread: a pooled connection (the loop's is the group commit's)."""
+
+        def work() -> bool:
+            with self.services.pool.connection() as conn:
+                return _report(conn, run, kind, data)
+
+        cancelled = while_database_away(work, self.services.pool.check, self.settings.lease_seconds)
         self.services.nudge_relay()
         return cancelled
 
     def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
-        """The task called where the monitor and the stop signals can see it."""
-        self.current = attempt
+        """The task called where the monitor and the watchdog can see it."""
+        attempt.timeout = attempt.run.timeout_s or task.timeout_s
+        self.running[attempt.run.id] = attempt
         try:
             return self._call(attempt, task)
         finally:
-            self.current = None
+            self.running.pop(attempt.run.id, None)
 
     def _call(self, attempt: Attempt, task: TaskDef) -> Outcome:
         run = attempt.run
-        timeout = run.timeout_s or task.timeout_s
         ctx = AttemptContext(attempt, self.report)
         try:
-            with attempt.running_task(), self._timer(timeout):
+            with attempt.running_task():
                 result = task.fn(ctx, run.input)
             json.dumps(result)  # a result Postgres cannot store fails the attempt here
         except AttemptTimedOut:
-            message = f"attempt {run.attempt} ran longer than timeout_s={timeout}"
+            message = f"attempt {run.attempt} ran longer than timeout_s={attempt.timeout}"
             return self._failed(run, task, {"type": "Timeout", "message": message})
         except AttemptCancelled:
             return Outcome(run, runs.cancel_change(run))
@@ -142,9 +146,6 @@ class Executor:
         policy = run.backoff if run.backoff is not None else task.backoff
         delay = backoff.delay_ms(policy, run.budget_attempt)
         return Outcome(run, runs.retry_change(run, error, delay))
-
-    def _timer(self, timeout: float | None) -> _Timer:
-        return _Timer(timeout if self.signals else None)
 
     def _group_commit(self, changes: list[Change]) -> list[Run | None]:
         try:
@@ -212,38 +213,6 @@ class Executor:
                 log.warning("dispatch.failed", extra={"count": len(queued), "error": str(exc)})
 
 
-class ThreadedExecutor(Executor):
-    """Runs attempts in worker threads (RUNLANE_WORKER_CONCURRENCY > 1). Claims and outcomes
-    stay on the main thread's connection and group commit; a task's progress and log lines use
-    a pooled connection of their own. Its monitor enforces timeouts (no SIGALRM in threads)."""
-
-    attempt_type = ThreadedAttempt
-
-    def __init__(self, services: Services, worker: str) -> None:
-        super().__init__(services, worker)
-        self.running: dict[str, ThreadedAttempt] = {}
-
-    def in_flight(self) -> list[Attempt]:
-        return list(self.running.values())
-
-    def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
-        # from a task's thread: a pooled connection (the main thread's is the group commit's)
-        def work() -> bool:
-            with self.services.pool.connection() as conn:
-                return _report(conn, run, kind, data)
-
-        return while_database_away(work, self.services.pool.check, self.settings.lease_seconds)
-
-    def _watched(self, attempt: Attempt, task: TaskDef) -> Outcome:
-        assert isinstance(attempt, ThreadedAttempt)
-        attempt.timeout = attempt.run.timeout_s or task.timeout_s
-        self.running[attempt.run.id] = attempt
-        try:
-            return self._call(attempt, task)
-        finally:
-            self.running.pop(attempt.run.id, None)
-
-
 def while_database_away(work: Callable[[], T], recover: Callable[[], None], patience: float) -> T:
     """`work`, and again after `recover` while Postgres is away (restart, failover, a killed
     backend), for up to `patience` seconds (a lease): an outcome or a progress line is recorded
@@ -267,21 +236,6 @@ def _report(conn: runs.Conn, run: Run, kind: str, data: dict[str, Any]) -> bool:
     if kind == "progress":
         return runs.record_progress(conn, run, data["percent"], data["message"])
     return runs.record_log(conn, run, data["message"], data["level"])
-
-
-class _Timer:
-    """SIGALRM after `timeout` seconds (main thread only); the worker's handler stops the task."""
-
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-
-    def __enter__(self) -> None:
-        if self.timeout:
-            signal.setitimer(signal.ITIMER_REAL, self.timeout)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.timeout:
-            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def error_of(exc: BaseException) -> dict[str, str]:

@@ -1,10 +1,8 @@
 """RunlaneWorker: the worker class of a stock `rq worker` (or `rq worker-pool`) process.
 
-It keeps RQ's worker registration, heartbeat and commands, and replaces RQ's per-job path: no
-fork, no job hash reads, no registries or results. Run ids are popped from the priority lists of
-the runlane queues in batches, claimed and recorded in Postgres with one group commit per batch.
-The batch grows only while tasks are fast, so a slow task never holds others back.
-With RUNLANE_WORKER_CONCURRENCY > 1, attempts run in threads instead (workers.concurrent).
+It keeps RQ's worker registration, heartbeat, commands and signals, and replaces RQ's per-job
+path (workers.loop): no fork, no job hash reads, no registries or results. Run ids are claimed
+and recorded in Postgres with group commits; up to RUNLANE_WORKER_CONCURRENCY attempts at once.
 """
 
 from __future__ import annotations
@@ -13,32 +11,26 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from redis.client import Pipeline
 from rq import Queue, worker_registration
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.job import Job
-from rq.worker import SimpleWorker, WorkerStatus
+from rq.worker import DequeueStrategy, SimpleWorker
 
 from app import logs
 from app.config import Settings
 from app.live_workers import CONCURRENCY_FIELD, LIVENESS_S
-from app.redis_keys import POP_RUN_IDS, Keys
+from app.redis_keys import Keys
 from app.services import REDIS_DOWN, Services
-from workers.concurrent import ConcurrentLoop, idle_too_long
-from workers.context import AttemptTimedOut, WorkerShutdown
-from workers.execute import Executor, Outcome, ThreadedExecutor
-from workers.monitor import STOP_SIGNAL, Monitor, ThreadedMonitor
+from workers.execute import Executor
+from workers.loop import WorkLoop
+from workers.monitor import Monitor
+from workers.stopping import Delivery, Handler, Shutdown, Watchdog, delivery_for
 
 log = logging.getLogger("runlane.worker")
-
-MAX_BATCH = 128
-BATCH_BUDGET_S = 0.005  # a batch's expected task time: the longest a claimed run waits in hand
-SHUTDOWN_GRACE_S = 4.0  # under honcho's 5 s between SIGTERM and SIGKILL
-IDLE_WAIT_S = 1.0  # a blocking pop wakes this often to notice a stop request
 
 
 class RunlaneWorker(SimpleWorker):
@@ -56,17 +48,10 @@ class RunlaneWorker(SimpleWorker):
         keys = Keys(self.settings.prefix)
         expanded = [name for q in self.runlane_queues for name in keys.rq_queues(q)]
         super().__init__(expanded, *args, **kwargs)
-        self._services: Services | None = None
-        self._executor: Executor | None = None
-        self._monitor: Monitor | None = None
-        self._signalled_at: float | None = None
+        self.shutdown = Shutdown()
         self._saved_handlers: dict[int, Any] = {}
-        self._batch = 1
-        self._redis_outage = logs.Outage(log, "worker.redis")
 
-    # -- RQ's entry point -------------------------------------------------------------------
-
-    def work(  # type: ignore[override]
+    def work(
         self,
         burst: bool = False,
         logging_level: str | None = None,
@@ -74,160 +59,60 @@ class RunlaneWorker(SimpleWorker):
         log_format: str = DEFAULT_LOGGING_FORMAT,
         max_jobs: int | None = None,
         max_idle_time: int | None = None,
-        with_scheduler: bool = False,  # runlane's scheduler process promotes delayed runs
-        **_: Any,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
     ) -> bool:
+        """RQ's entry point, with RQ's registration around runlane's loop. `with_scheduler` and
+        `dequeue_strategy` are left to runlane: its scheduler process promotes delayed runs, and
+        strict priority decides what is popped."""
         if not logging.getLogger().handlers:
             logs.configure()
         self.bootstrap(logging_level or "INFO", date_format, log_format)
         try:
-            return self._work(burst, max_jobs, max_idle_time)
+            return self._work(burst, max_jobs, max_idle_time) > 0
         finally:
             # also when start-up failed (Postgres away, a task module that does not import):
             # the registration goes at once rather than being counted live until it expires
-            self._close()
+            self.teardown()  # type: ignore[no-untyped-call]  # rq: untyped
+            self._restore_signal_handlers()
 
-    def _work(self, burst: bool, max_jobs: int | None, max_idle_time: int | None) -> bool:
-        if self.settings.worker_concurrency > 1:
-            return self._work_concurrently(burst, max_jobs, max_idle_time)
-        services = self._services = Services.build(
-            self.settings, pool_size=3, name="runlane-worker"
-        )
-        executor = self._executor = Executor(services, self.name)
-        self._install_signal_handlers()
-        executor.signals = _in_main_thread()
-        monitor = self._monitor = Monitor(executor, services, self._heartbeat)
-        monitor.start()
-        return self._loop(burst, max_jobs, max_idle_time) > 0
-
-    def _work_concurrently(
-        self, burst: bool, max_jobs: int | None, max_idle_time: int | None
-    ) -> bool:
-        """Attempts in threads: timeouts and hard stops come from the monitor, not signals."""
+    def _work(self, burst: bool, max_jobs: int | None, max_idle_time: int | None) -> int:
         size = self.settings.worker_concurrency
-        # threads take a pooled connection only for a moment (progress and log lines)
-        services = Services.build(self.settings, pool_size=3 + min(size, 10), name="runlane-worker")
-        self._services = services
-        executor = self._executor = ThreadedExecutor(services, self.name)
-        self._install_signal_handlers()
-        monitor = self._monitor = ThreadedMonitor(executor, services, self._heartbeat)
-        monitor.start()
-        return ConcurrentLoop(self, executor, size).run(burst, max_jobs, max_idle_time) > 0
+        with contextlib.ExitStack() as cleanup:
+            # beside the loop's connection and the monitor's: tasks' progress and log lines
+            pool_size = 2 + min(size, 10)
+            services = Services.build(self.settings, pool_size=pool_size, name="runlane-worker")
+            cleanup.callback(services.close)
+            delivery = delivery_for(size)
+            executor = Executor(services, self.name, delivery)
+            cleanup.callback(executor.close)
+            self._install_signal_handlers_of(delivery)
+            grace = self.settings.cancel_grace_seconds
+            for thread in (
+                Monitor(executor, services, self._heartbeat),
+                Watchdog(executor.in_flight, self.shutdown, grace),
+            ):
+                thread.start()
+                cleanup.callback(thread.stop)
+            loop = WorkLoop(self, executor, self.shutdown, size)
+            claimed = loop.run(burst, max_jobs, max_idle_time)
+        return claimed
 
-    def _close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.stop()
-        if self._executor is not None:
-            self._executor.close()
-        if self._services is not None:
-            self._services.close()
-        self.teardown()
-        self._restore_signal_handlers()
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """RQ's SIGINT/SIGTERM handler (and RQ's shutdown command): finish the attempts in
+        flight within the grace, then exit. Another signal a second or more later: hand them
+        back now. Callable from any thread."""
+        self.shutdown.request(signum)
 
-    def _loop(self, burst: bool, max_jobs: int | None, max_idle_time: int | None) -> int:
-        executor = self._executor
-        assert executor is not None
-        done = 0
-        outcomes: list[Outcome] = []
-        idle_since = time.monotonic()
-        while not self._stop_requested:
-            ids = self._pop(self._batch)
-            if not ids:
-                outcomes = self._flush(outcomes)
-                if burst or idle_too_long(idle_since, max_idle_time):
-                    break
-                ids = self._blocking_pop()
-                if not ids:
-                    continue
-            attempts = executor.commit(outcomes, ids)
-            outcomes = self._run_batch(attempts)
-            done += len(attempts)
-            idle_since = time.monotonic()
-            if max_jobs is not None and done >= max_jobs:
-                break
-        self._flush(outcomes)
-        return done
-
-    def _run_batch(self, attempts: list[Any]) -> list[Outcome]:
-        executor = self._executor
-        assert executor is not None
-        outcomes: list[Outcome] = []
-        started = time.monotonic()
-        slowest = 0.0
-        for attempt in attempts:
-            if self._stop_requested and outcomes:
-                outcomes.append(executor.release(attempt))  # not started: hand it back
-                continue
-            began = time.monotonic()
-            outcomes.append(executor.run(attempt))
-            slowest = max(slowest, time.monotonic() - began)
-        self._adapt(len(attempts), time.monotonic() - started, slowest)
-        return outcomes
-
-    def _adapt(self, count: int, spent: float, slowest: float) -> None:
-        """Grow the batch while tasks are fast; back to one as soon as one is slow."""
-        if slowest > BATCH_BUDGET_S:
-            self._batch = 1
-        elif count >= self._batch:
-            per_task = spent / max(count, 1)
-            fits = int(BATCH_BUDGET_S / per_task) if per_task > 0 else MAX_BATCH
-            self._batch = max(1, min(MAX_BATCH, self._batch * 2, fits))
-
-    def _flush(self, outcomes: list[Outcome]) -> list[Outcome]:
-        if outcomes and self._executor is not None:
-            self._executor.commit(outcomes, [])
-        if self.get_state() != WorkerStatus.IDLE:
-            self.set_state(WorkerStatus.IDLE)
-        return []
-
-    # -- Redis ------------------------------------------------------------------------------
-
-    def _pop(self, count: int, already: Sequence[str] = ()) -> list[str]:
-        keys = self.queue_keys()
-        job_prefix = Job.redis_job_namespace_prefix
-        try:
-            popped = self.connection.eval(
-                POP_RUN_IDS, len(keys), *keys, count, job_prefix, *already
-            )
-        except REDIS_DOWN as exc:
-            # ids already popped are ours to claim: Postgres alone decides whether they run
-            self.redis_unavailable(exc, wait=not already)
-            return list(already)
-        self._redis_outage.up()
-        return [i.decode() if isinstance(i, bytes) else i for i in popped]
-
-    def _blocking_pop(self) -> list[str]:
-        try:
-            got = self.connection.blpop(self.queue_keys(), timeout=IDLE_WAIT_S)
-        except REDIS_DOWN as exc:
-            self.redis_unavailable(exc)
-            return []
-        if not got:
-            if self.should_run_maintenance_tasks:
-                self.run_maintenance_tasks()
-            return []
-        self.set_state(WorkerStatus.BUSY)
-        run_id = got[1].decode() if isinstance(got[1], bytes) else got[1]
-        return self._pop(self._batch, [run_id])
-
-    def redis_unavailable(self, exc: Exception, *, wait: bool = True) -> None:
-        """Redis is away (restart, failover): keep going and try again in a moment. Attempts in
-        hand are still recorded in Postgres; the scheduler dispatches again what Redis lost."""
-        self._redis_outage.down(exc)
-        if wait and not self._stop_requested:
-            time.sleep(IDLE_WAIT_S)
+    # -- RQ's registration ------------------------------------------------------------------
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         """RQ's idle/busy flag (what `rq info` shows): not worth stopping for when Redis is away."""
         with contextlib.suppress(*REDIS_DOWN):
             super().set_state(state, pipeline)
 
-    def stop_soon(self) -> None:
-        """Stop as a first SIGTERM would, from any thread (tests, embedding)."""
-        self._stop_requested = True
-
     def register_birth(self) -> None:
-        super().register_birth()
+        super().register_birth()  # type: ignore[no-untyped-call]  # rq: untyped
         # RQ's birth expiry is its worker TTL + 60 s (8 min by default): a worker that dies
         # before its first heartbeat (start-up) must leave the registrations as fast as a killed one
         self.connection.expire(self.key, LIVENESS_S)
@@ -254,15 +139,14 @@ class RunlaneWorker(SimpleWorker):
 
     # -- signals ----------------------------------------------------------------------------
 
-    def _install_signal_handlers(self) -> None:
-        if not _in_main_thread():
-            log.warning("worker.no_signals: not in the main thread, hard stops are disabled")
+    def _install_signal_handlers_of(self, delivery: Delivery) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("worker.no_signals: not in the main thread, SIGINT and SIGTERM left alone")
             return
-        handlers = {
+        handlers: dict[int, Handler] = {
             signal.SIGINT: self.request_stop,
             signal.SIGTERM: self.request_stop,
-            signal.SIGALRM: self._on_stop_signal,
-            STOP_SIGNAL: self._on_stop_signal,
+            **delivery.handlers(),
         }
         for signum, handler in handlers.items():
             self._saved_handlers[signum] = signal.signal(signum, handler)
@@ -271,41 +155,7 @@ class RunlaneWorker(SimpleWorker):
         for signum, handler in self._saved_handlers.items():
             signal.signal(signum, handler)
 
-    def request_stop(self, signum: int, frame: Any) -> None:
-        """First SIGTERM/SIGINT: finish the attempt in flight (within the grace), then exit.
-        Another one a second or more later: hand the attempt back now."""
-        now = time.monotonic()
-        if self._signalled_at is not None and now - self._signalled_at < 1.0:
-            return  # the same stop sent twice (worker pool + terminal)
-        first = self._signalled_at is None
-        self._signalled_at = now
-        self._stop_requested = True
-        log.info("worker.stop_requested", extra={"signal": signum, "warm": first})
-        if self._monitor is not None:
-            grace = SHUTDOWN_GRACE_S if first else 0.0
-            self._monitor.shutdown_deadline = now + grace
-        if not first and self._executor is not None and self._executor.current is not None:
-            self._executor.current.request_stop(WorkerShutdown)
-            self._on_stop_signal(signum, frame)
-
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        attempt = self._executor.current if self._executor else None
-        if attempt is None:
-            return
-        if signum == signal.SIGALRM:
-            attempt.request_stop(AttemptTimedOut)
-        attempt.raise_if_stopped()
-
-    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """No horse: RQ's kill-horse command hands the attempts in flight back instead."""
-        for attempt in self._executor.in_flight() if self._executor is not None else []:
-            attempt.request_stop(WorkerShutdown)
-
 
 def _names(queues: Sequence[str | Queue] | str | Queue) -> list[str]:
     items = [queues] if isinstance(queues, str | Queue) else list(queues)
     return [q.name if isinstance(q, Queue) else str(q) for q in items]
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()

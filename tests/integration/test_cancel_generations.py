@@ -5,6 +5,7 @@ real RunlaneWorker, one attempt at a time and in threads, and the web's cancel a
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +50,7 @@ def while_working(settings, redis, body: Callable[[], None], timeout: float = 30
         except BaseException as exc:
             failures.append(exc)
         finally:
-            worker.stop_soon()
+            worker.request_stop(signal.SIGTERM, None)  # as a first SIGTERM does
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -117,7 +118,7 @@ def work_until(
         try:
             wait_for(done, timeout, message="runs to finish")
         finally:
-            worker.stop_soon()
+            worker.request_stop(signal.SIGTERM, None)  # as a first SIGTERM does
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -219,7 +220,7 @@ def test_a_claim_whose_commit_lost_its_reply_is_still_run_once(services, test_se
     try:
         # the commit went through, but Postgres dropped the connection before it answered
         with services.pool.connection() as conn:
-            runs.claim_attempt(conn, run.id, worker=executor.worker, lease_s=30)
+            runs.group_commit(conn, [runs.claim_change(run.id, worker=executor.worker, lease_s=30)])
         kill_backend(services, executor.conn.info.backend_pid)
         claimed = executor.commit([], [run.id])
         assert [attempt.run.id for attempt in claimed] == [run.id]

@@ -113,6 +113,15 @@ def test_timeout_fails_the_attempt_with_timeout(services, test_settings, redis):
     assert done.status is RunStatus.FAILED and done.error["type"] == "Timeout"
 
 
+def test_timeout_interrupts_a_task_blocked_in_a_long_c_call(services, test_settings, redis):
+    run = submit(services, "tests.blocked", {"seconds": 10}, timeout_s=0.3)
+    began = time.monotonic()
+    work(test_settings, redis)
+    assert time.monotonic() - began < 3  # the signal ends time.sleep(10) itself
+    done = load(services, run.id)
+    assert done.status is RunStatus.FAILED and done.error["type"] == "Timeout"
+
+
 def test_timeout_is_retried_when_attempts_remain(services, test_settings, redis):
     run = submit(services, "demo.sleep", {"seconds": 5}, timeout_s=0.2, max_attempts=2)
     work_until(test_settings, redis, terminal(services, run.id))
@@ -192,6 +201,17 @@ def test_cancel_ignored_is_stopped_hard_after_grace(services, test_settings, red
     assert grace <= cancelled_after(services, run.id) < grace + 1.0
 
 
+def test_cancel_ignored_in_a_long_c_call_is_stopped_hard_after_grace(
+    services, test_settings, redis
+):
+    run = submit(services, "tests.blocked", {"seconds": 30})
+    cancel_soon(services, run.id)
+    work(test_settings, redis)
+    assert load(services, run.id).status is RunStatus.CANCELLED
+    grace = test_settings.cancel_grace_seconds
+    assert grace <= cancelled_after(services, run.id) < grace + 1.0
+
+
 def test_pause_keeps_runs_queued_and_resume_runs_them(services, test_settings, redis):
     with services.pool.connection() as conn:
         conn.execute(q("pause_queue"), {"tenant": TENANT, "queue": "default"})
@@ -220,7 +240,9 @@ def test_stalled_attempt_requeued_without_spending_an_attempt_then_fails(
     for _ in range(2):  # a worker claims it and dies: its lease is never renewed
         redis.delete(*redis.keys(f"rq:queue:{test_settings.prefix}*"))
         with services.pool.connection() as conn:
-            assert runs.claim_attempt(conn, run.id, worker="dead", lease_s=0.2)
+            assert runs.group_commit(conn, [runs.claim_change(run.id, worker="dead", lease_s=0.2)])[
+                0
+            ]
 
         def recovered() -> bool:
             scheduler.tick()
@@ -239,7 +261,7 @@ def test_stalled_run_recovered_then_succeeds(services, test_settings, redis):
     run = submit(services, "demo.noop")
     redis.delete(*redis.keys(f"rq:queue:{test_settings.prefix}*"))
     with services.pool.connection() as conn:
-        runs.claim_attempt(conn, run.id, worker="dead", lease_s=0.2)
+        runs.group_commit(conn, [runs.claim_change(run.id, worker="dead", lease_s=0.2)])
     with SchedulerThread(services):
         work_until(test_settings, redis, terminal(services, run.id))
     done = load(services, run.id)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from workers.context import Attempt, AttemptContext
+from workers.stopping import ThreadDelivery
 
 
 def context() -> tuple[AttemptContext, list[dict[str, Any]]]:
@@ -18,7 +19,9 @@ def context() -> tuple[AttemptContext, list[dict[str, Any]]]:
         lines.append({"kind": kind, **data})
         return False
 
-    return AttemptContext(Attempt(SimpleNamespace(id="r1", attempt=1)), report), lines
+    return AttemptContext(
+        Attempt(SimpleNamespace(id="r1", attempt=1), ThreadDelivery()), report
+    ), lines
 
 
 @pytest.mark.parametrize("level", ["shouting", "INFO", "warn", "", None, 3])
