@@ -78,7 +78,8 @@ def test_dev_stack_runs_a_run_and_stops_without_leftovers(
         wait_for(lambda: ready(base, dev), 180, 0.2, "/readyz to answer 200")
         stack = psutil.Process(dev.pid).children(recursive=True) + stack_processes(home, port)
         token = dev_token(home)
-        assert token in log_path.read_text(), "the dev token is printed at start"
+        # printed once the web answers, by runlane dev itself: a moment after /readyz may
+        wait_for(lambda: token in log_path.read_text(), 10, 0.05, "the dev token to be printed")
 
         run = submit_echo(base, token, {"hello": ["world", 1]})
         done = wait_for(lambda: finished(base, token, run["id"]), 60, 0.1, "the run to finish")
