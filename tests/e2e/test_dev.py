@@ -63,16 +63,9 @@ def test_dev_stack_runs_a_run_and_stops_without_leftovers(
     home: Path, tmp_path: Path, stop: str
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
-    env = {k: v for k, v in env.items() if not k.startswith("RUNLANE_")}
-    env.update(RUNLANE_HOME=str(home), PORT=str(port), PYTHONUNBUFFERED="1")
+    env = dev_env(home, port)
     log_path = tmp_path / "dev.log"
-    with open(log_path, "wb") as log:
-        # Its own session, so "Ctrl-C" can go to its whole process group as a terminal would.
-        dev = subprocess.Popen(
-            [RUNLANE, "dev"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    dev = start_dev(env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: ready(base, dev), 180, 0.2, "/readyz to answer 200")
@@ -139,6 +132,16 @@ def dev_env(home: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def start_dev(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`runlane dev` in a session of its own, so "Ctrl-C" can go to its whole process group as a
+    terminal would, its output in `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [RUNLANE, "dev"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def worker_pids(dev: subprocess.Popen[bytes]) -> set[int]:
     found = set()
     for proc in psutil.Process(dev.pid).children(recursive=True):
@@ -157,11 +160,7 @@ def test_a_second_stack_refuses_and_a_killed_worker_is_restarted(
     port = free_port()
     env = dev_env(home, port, RUNLANE_LEASE_SECONDS="3")
     log_path = tmp_path / "dev.log"
-    with open(log_path, "wb") as log:
-        dev = subprocess.Popen(
-            [RUNLANE, "dev"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    dev = start_dev(env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: ready(base, dev), 180, 0.2, "/readyz to answer 200")
