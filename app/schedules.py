@@ -7,14 +7,14 @@ The API manages them (app.web.schedules_api); the scheduler process fires them
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from croniter import croniter
 
 from app.db import jsonb, q
-from app.domain import rfc3339
+from app.domain import INTERNAL, TIME, Record
 from app.runs import Conn
 
 
@@ -30,43 +30,18 @@ class NewSchedule:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    tenant: str
+class Schedule(Record):
+    """A schedule as stored; its API fields are what clients see (app.web.schemas.ScheduleOut)."""
+
+    tenant: str = field(metadata=INTERNAL)
     name: str
     task: str
     input: Any
     queue: str | None
     cron: str | None
     every_s: float | None
-    next_fire_at: datetime
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Schedule:
-        return cls(
-            tenant=row["tenant"],
-            name=row["name"],
-            task=row["task"],
-            input=row["input"],
-            queue=row["queue"],
-            cron=row["cron"],
-            every_s=row["every_s"],
-            next_fire_at=row["next_fire_at"],
-            created_at=row["created_at"],
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The schedule as the contract shows it to clients."""
-        return {
-            "name": self.name,
-            "task": self.task,
-            "input": self.input,
-            "queue": self.queue,
-            "cron": self.cron,
-            "every_s": self.every_s,
-            "next_fire_at": rfc3339(self.next_fire_at),
-            "created_at": rfc3339(self.created_at),
-        }
+    next_fire_at: datetime = field(metadata=TIME)
+    created_at: datetime = field(metadata=TIME)
 
 
 def put_schedule(

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any, TypeVar, cast
 
-from flask import current_app, request
+from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -33,6 +33,16 @@ def idempotency_store() -> IdempotencyStore:
 
 def metrics() -> Metrics:
     return cast(Metrics, current_app.extensions["runlane.metrics"])
+
+
+def relay_nudged() -> None:
+    """This request's writes nudged the relay already (a submit's dispatch pipeline does), so
+    the web's after-request nudge is skipped: one XADD per submit, not two."""
+    g.relay_nudged = True
+
+
+def needs_relay_nudge() -> bool:
+    return not g.get("relay_nudged", False)
 
 
 def read_json() -> Any:

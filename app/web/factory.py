@@ -9,7 +9,7 @@ from app import logs
 from app.config import Settings
 from app.services import Services
 from app.web import errors
-from app.web.current import services
+from app.web.current import needs_relay_nudge, services
 from app.web.idempotency import IdempotencyStore
 from app.web.metrics import Metrics
 from app.web.schemas import MAX_BODY_BYTES
@@ -48,9 +48,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 
 def _nudge_relay(response: Response) -> Response:
-    """A write that went through may have committed events (a cancel, a submit): wake the relay.
-    One small XADD per such request; a submit's dispatch has sent one already, which is harmless."""
-    if request.method not in _READS and response.status_code < 400:
+    """A write that went through may have committed events (a cancel, a retry): wake the relay,
+    unless the view's own writes did (current.relay_nudged)."""
+    if request.method not in _READS and response.status_code < 400 and needs_relay_nudge():
         services().nudge_relay()
     return response
 

@@ -18,6 +18,7 @@ from app.web.current import (
     metrics,
     query_args,
     read_json,
+    relay_nudged,
     services,
     validate,
 )
@@ -58,6 +59,7 @@ def submit_run() -> Response:
     spec = validate(RunCreate, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
     result = submit(Ports.of(services(), idempotency_store()), _new_run(spec, key, fp))
+    relay_nudged()  # a new run's dispatch pipeline nudged; a replay committed nothing
     if result.replayed:
         metrics().idempotent_replays.inc()
     elif result.run is not None:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from app.domain import Event, Record, Run, RunStatus, api_fields
+from app.schedules import Schedule
 from app.web.fields import (
     CRON_PATTERN,
     CURSOR_PATTERN,
@@ -210,17 +211,20 @@ def response_of(record: type[Record], name: str, **refined: Any) -> type[Respons
     return create_model(name, __base__=Response, __module__=__name__, **fields)
 
 
-# The run and the event are defined once, by app.domain; mypy cannot see the fields of a model
-# made at run time, so it is shown a model without them.
+# The run, the event and the schedule are defined once (app.domain, app.schedules); mypy cannot
+# see the fields of a model made at run time, so it is shown a model without them.
 if TYPE_CHECKING:
 
     class RunOut(Response): ...
 
     class EventOut(Response): ...
 
+    class ScheduleOut(Response): ...
+
 else:
     RunOut = response_of(Run, "RunOut", error=RunError | None, progress=Progress | None)
     EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
+    ScheduleOut = response_of(Schedule, "ScheduleOut")
 
 
 class RunList(Response):
@@ -288,17 +292,6 @@ class TaskOut(Response):
 
 class TaskList(Response):
     items: list[TaskOut]
-
-
-class ScheduleOut(Response):
-    name: str
-    task: str
-    input: Any
-    queue: str | None
-    cron: str | None
-    every_s: float | None
-    next_fire_at: datetime
-    created_at: datetime
 
 
 class ScheduleList(Response):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,14 +36,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def burst(args: list[str], env: dict[str, str]) -> float:
+    """The wall seconds of one burst; its CPU seconds are added to CPU_SECONDS."""
     began = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
         [str(BIN / "rq"), "worker", "--burst", "-q", *args],
         check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         cwd=ROOT,
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return time.perf_counter() - began
+
+
+# CPU seconds of each burst, in order. Wall time on a shared 2-core VM swings by a quarter
+# between identical rounds; the worker's own CPU and the Redis commands per job are steadier
+# figures to compare two versions by.
+CPU_SECONDS: list[float] = []
 
 
 def stock(redis_url: str, jobs: int, worker_class: str | None) -> float:
@@ -73,6 +84,7 @@ def runlane(
         env["RUNLANE_WORKER_CONCURRENCY"] = str(concurrency)
     args = ["--worker-class", "workers.worker.RunlaneWorker", "--url", redis_url]
     idle = burst(args, env)
+    idle_cpu = CPU_SECONDS[-1]
     new = runs.NewRun("bench", task, "default", input, 5, 1, None, None, {}, None)
     with db.connect(database_url) as conn:
         conn.execute("TRUNCATE runs, tenant_streams CASCADE")
@@ -80,13 +92,22 @@ def runlane(
     redis = Redis.from_url(redis_url)
     for start in range(0, jobs, 1000):
         dispatch.enqueue(redis, Keys(prefix), made[start : start + 1000])
+    commands = _commands(redis)
     took = burst(args, env) - idle
+    COSTS.append(((CPU_SECONDS[-1] - idle_cpu) * 1000 / jobs, (_commands(redis) - commands) / jobs))
     with db.connect(database_url) as conn:
         row = conn.execute("SELECT count(*) AS n FROM runs WHERE status = 'succeeded'").fetchone()
     assert row is not None and row["n"] == jobs, f"only {row} of {jobs} runs succeeded"
     for key in redis.scan_iter(match=f"{prefix}*", count=1000):
         redis.delete(key)
     return jobs / took
+
+
+COSTS: list[tuple[float, float]] = []  # per runlane round: worker CPU ms per job, Redis commands
+
+
+def _commands(redis: Redis) -> int:
+    return int(redis.info("stats")["total_commands_processed"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with servers() as (redis_url, database_url):
         db.migrate(database_url)
-        results = {
+        results: dict[str, list[float]] = {
             "stock rq worker (fork per job)": [
                 stock(redis_url, args.stock_jobs, None) for _ in range(args.rounds)
             ],
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 runlane(redis_url, database_url, args.jobs) for _ in range(args.rounds)
             ],
         }
+        costs = list(COSTS)
         io = io_bound(redis_url, database_url, args.io_jobs, args.rounds)
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     for name, rates in results.items():
@@ -116,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = medians["runlane RunlaneWorker (Postgres claim + events)"]
     for name in list(medians)[:2]:
         print(f"runlane / {name}: {ours / medians[name]:.1f}x")
+    cpu = statistics.median(c for c, _ in costs)
+    commands = statistics.median(n for _, n in costs)
+    print(f"RunlaneWorker per job: {cpu:.3f} worker CPU ms, {commands:.2f} Redis commands")
     print_io(io)
     return 0
 

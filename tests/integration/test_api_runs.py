@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 from rq import Queue
 
-from app import runs, tasks
+from app import dispatch, runs, tasks
 from app.services import Services
 from tests.conftest import auth
 
@@ -163,6 +163,26 @@ def test_submit_returns_the_run_with_location_and_dispatches_it(
     assert (run["attempt"], run["max_attempts"], run["last_seq"], run["metadata"]) == (0, 1, 1, {})
     assert run["created_at"].endswith("Z")
     assert rq_job_ids(services, "default", 2) == [run["id"]]
+
+
+def test_each_write_nudges_the_relay_once(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nudges: list[object] = []
+    nudge = dispatch.nudge_relay
+    monkeypatch.setattr(
+        dispatch, "nudge_relay", lambda target, keys: (nudges.append(target), nudge(target, keys))
+    )
+    run = submit(client)
+    assert len(nudges) == 1, "a submit's dispatch pipeline carries its nudge; the web adds none"
+    keyed = {**ALPHA, "Idempotency-Key": "once"}
+    submit(client, keyed)
+    submit(client, keyed)  # the replay committed nothing
+    assert len(nudges) == 2
+    assert client.post(f"/v1/runs/{run['id']}/cancel", headers=ALPHA).status_code == 200
+    assert len(nudges) == 3
+    client.get(f"/v1/runs/{run['id']}", headers=ALPHA)
+    assert len(nudges) == 3, "a read nudges nothing"
 
 
 def test_task_defaults_apply_unless_given(client: FlaskClient, services: Services) -> None:
