@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -177,6 +178,37 @@ def test_several_changes_commit_together_each_with_its_event(
     assert [r.status if r else None for r in done] == [RunStatus.SUCCEEDED, RunStatus.FAILED]
     assert event_types(conn, a.id) == ["run.queued", "run.started", "run.log", "run.succeeded"]
     assert event_types(conn, b.id) == ["run.queued", "run.started", "run.failed"]
+
+
+def test_a_batch_of_claims_and_finishes_answers_each_change_in_its_place(
+    conn: psycopg.Connection[Any],
+) -> None:
+    made = [runs.create_run(conn, new_run())[0] for _ in range(6)]
+    order = [made[i] for i in (4, 1, 5, 0, 3, 2)]  # not the order of the ids or of creation
+    claimed = runs.group_commit(
+        conn, [runs.claim_change(r.id, worker="w", lease_s=9) for r in order]
+    )
+    assert [r.id if r else None for r in claimed] == [r.id for r in order]
+    started = [r.started_at for r in claimed if r]
+    assert started == sorted(started) and len(set(started)) == 6, "started_at follows the list"
+    first, second, third, *rest = (r for r in claimed if r)
+    stale = runs.finish_change(replace(third, attempt=7), "never")
+    changes = [
+        runs.finish_change(first, {"n": 1}),
+        stale,
+        runs.fail_change(second, {"type": "E", "message": "x"}),
+        runs.finish_change(third, [3]),
+        *(runs.finish_change(r, i) for i, r in enumerate(rest)),
+    ]
+    done = runs.group_commit(conn, changes)
+    assert [(r.id, r.status, r.result) if r else None for r in done] == [
+        (first.id, RunStatus.SUCCEEDED, {"n": 1}),
+        None,
+        (second.id, RunStatus.FAILED, None),
+        (third.id, RunStatus.SUCCEEDED, [3]),
+        *((r.id, RunStatus.SUCCEEDED, i) for i, r in enumerate(rest)),
+    ]
+    assert event_types(conn, third.id) == ["run.queued", "run.started", "run.succeeded"]
 
 
 def test_other_tenants_runs_do_not_exist(conn: psycopg.Connection[Any]) -> None:

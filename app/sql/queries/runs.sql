@@ -47,14 +47,22 @@ ORDER BY e.seq
 LIMIT %(limit)s;
 
 -- name: claim_attempt (outbox)
--- Fencing: only a queued, unpaused, uncancelled run starts; a duplicate delivery updates nothing.
-UPDATE runs SET status = 'running', attempt = attempt + 1, started_at = clock_timestamp(),
+-- Start the next attempt of each run in a list (a worker's group commit claims a batch in one
+-- statement). Fencing: only a queued, unpaused, uncancelled run starts; a duplicate delivery
+-- updates nothing. Rows are updated in no set order, so started_at is the statement's clock plus
+-- a microsecond per place in the list: it orders the batch as popped, the order it runs in.
+-- "(status = 'queued') IS TRUE" hides the guard from the planner's partial-index matching: with
+-- stale statistics (a bulk of runs just queued) it would scan every queued run's entry of
+-- runs_queued_dispatch_idx for each claim instead of looking the ids up by primary key.
+UPDATE runs SET status = 'running', attempt = attempt + 1,
+                started_at = (SELECT clock_timestamp()) + make_interval(secs => (w.i - 1) / 1e6),
                 worker = %(worker)s, last_seq = last_seq + 1,
                 lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE id = %(id)s AND status = 'queued' AND cancel_requested_at IS NULL
+FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS w(id, i)
+WHERE runs.id = w.id AND (status = 'queued') IS TRUE AND cancel_requested_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM queue_pauses p
                   WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-RETURNING *, 'run.started' AS event_type,
+RETURNING runs.*, 'run.started' AS event_type,
           jsonb_build_object('attempt', attempt, 'worker', worker) AS event_data;
 
 -- name: claimed_by_worker
@@ -86,11 +94,16 @@ RETURNING id, tenant, queue, last_seq, cancel_requested_at,
           'run.log' AS event_type, %(data)s AS event_data;
 
 -- name: finish_attempt (outbox)
-UPDATE runs SET status = 'succeeded', result = %(result)s, finished_at = now(),
+-- Each attempt in a list succeeded (a worker's group commit records a batch in one statement);
+-- not when its cancellation was requested (see cancel_running). The guard is hidden from
+-- partial-index matching as in claim_attempt.
+UPDATE runs SET status = 'succeeded', result = f.result, finished_at = now(),
                 lease_expires_at = NULL, last_seq = last_seq + 1
-WHERE id = %(id)s AND status = 'running' AND attempt = %(attempt)s
-  AND cancel_requested_at IS NULL
-RETURNING *, 'run.succeeded' AS event_type, jsonb_build_object('result', result) AS event_data;
+FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)s::jsonb[]) AS f(id, attempt, result)
+WHERE runs.id = f.id AND (runs.status = 'running') IS TRUE AND runs.attempt = f.attempt
+  AND runs.cancel_requested_at IS NULL
+RETURNING runs.*, 'run.succeeded' AS event_type,
+          jsonb_build_object('result', runs.result) AS event_data;
 
 -- name: retry_attempt (outbox)
 -- A failed attempt with attempts left: back to delayed (or queued when there is no wait).
