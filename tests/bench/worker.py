@@ -7,7 +7,9 @@ shut-down), so every variant is timed the same way. Variants:
 - `rq worker -w workers.worker.RunlaneWorker` on demo.noop runs: each is claimed in Postgres, emits
   run.started and run.succeeded events in the outbox, and ends succeeded;
 - I/O-bound, printed apart: RunlaneWorker on demo.sleep runs of 0.05 s, one attempt at a time
-  beside RUNLANE_WORKER_CONCURRENCY=50 (attempts in threads).
+  beside RUNLANE_WORKER_CONCURRENCY=50 (attempts in threads);
+- with --peers, BullMQ's Node worker on no-op jobs at concurrency 1 and 50, timed by itself from
+  worker.run() to the last job completed (tests/bench/peers.py, which installs it from npm).
 Uses REDIS_URL / DATABASE_URL when set, else embedded servers. Prints medians of the rounds.
 """
 
@@ -29,6 +31,7 @@ from rq import Queue
 
 from app import db, dispatch, runs
 from app.redis_keys import Keys
+from tests.bench.peers import Bullmq
 from tests.bench.submit import servers
 
 BIN = Path(sys.executable).parent
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stock-jobs", type=int, default=1000, help="jobs per round for stock RQ")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--io-jobs", type=int, default=3000, help="demo.sleep jobs, concurrency 50")
+    parser.add_argument("--peers", action="store_true", help="BullMQ's Node worker too (--jobs)")
     args = parser.parse_args(argv)
+    bullmq = Bullmq.prepare() if args.peers else None
     with servers() as (redis_url, database_url):
         db.migrate(database_url)
         results: dict[str, list[float]] = {
@@ -131,16 +136,22 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
         costs = list(COSTS)
+        if bullmq:
+            bullmq.run(redis_url, args.jobs, args.rounds)
         io = io_bound(redis_url, database_url, args.io_jobs, args.rounds)
     medians = {name: statistics.median(rates) for name, rates in results.items()}
     for name, rates in results.items():
         print(f"{name:50s} {medians[name]:7.0f} jobs/s  rounds {[round(r) for r in rates]}")
+    if bullmq:
+        bullmq.print_rates()
     ours = medians["runlane RunlaneWorker (Postgres claim + events)"]
     for name in list(medians)[:2]:
         print(f"runlane / {name}: {ours / medians[name]:.1f}x")
     cpu = statistics.median(c for c, _ in costs)
     commands = statistics.median(n for _, n in costs)
     print(f"RunlaneWorker per job: {cpu:.3f} worker CPU ms, {commands:.2f} Redis commands")
+    if bullmq:
+        bullmq.print_against(ours)
     print_io(io)
     return 0
 
