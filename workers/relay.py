@@ -2,7 +2,8 @@
 
 Each event goes to its run's stream (entry ID = seq) and its tenant's stream (entry ID = tseq).
 Explicit IDs make publishing idempotent: Redis refuses an ID that is not above the stream's top,
-so a relay that dies between XADD and marking the rows published repeats nothing on restart.
+so a relay that dies between XADD and recording its place (tenant_streams.published_tseq)
+repeats nothing on restart. Event rows are written once by their commit and numbered once here.
 """
 
 from __future__ import annotations
@@ -199,7 +200,18 @@ class Marker:
 
 
 def mark_published(conn: Conn, events: list[Outgoing]) -> None:
-    conn.execute(db.q("relay_mark_published"), {"ids": [e.id for e in events]})
+    """Move each tenant's place to the batch's highest tseq: a batch holds, per tenant, the next
+    tseqs after the place (or after the batch marked before it), so none is passed unsent."""
+    top: dict[str, int] = {}
+    for e in events:
+        top[e.tenant] = max(e.tseq, top.get(e.tenant, 0))
+    conn.execute(db.q("relay_mark_published"), {"tenants": list(top), "tseqs": list(top.values())})
+
+
+def backlog(conn: Conn, run_id: str | None = None) -> int:
+    """Events not yet known to be in Redis (of one run, or all)."""
+    row = conn.execute(db.q("relay_backlog"), {"run_id": run_id}).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def publish(redis: Redis, keys: Keys, events: list[Outgoing], retention_s: int) -> int:

@@ -55,13 +55,13 @@ CREATE TABLE run_events (
     at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     tenant    text NOT NULL,
     queue     text NOT NULL,
-    -- position in the tenant-wide stream, given by the relay when it first publishes the row
+    -- position in the tenant-wide stream, given by the relay when it first publishes the row;
+    -- the row is never updated after that (tenant_streams.published_tseq says what is in Redis)
     tseq      bigint,
-    published boolean NOT NULL DEFAULT false,
     PRIMARY KEY (run_id, seq)
 );
 
-CREATE INDEX run_events_unpublished_idx ON run_events (id) WHERE NOT published;
+CREATE INDEX run_events_unnumbered_idx ON run_events (id) WHERE tseq IS NULL;
 CREATE UNIQUE INDEX run_events_tenant_tseq_idx ON run_events (tenant, tseq);
 
 -- The one rendering of an event as the JSON clients get (CONTRACT §2), used by the relay for the
@@ -77,9 +77,12 @@ CREATE FUNCTION runlane_event_json(e run_events) RETURNS text
 -- No NOTIFY trigger here on purpose: Postgres serialises the commits of notifying transactions
 -- (a global lock at commit), which capped submits at a third of the rate. The relay polls instead.
 
+-- Per tenant: the last tseq given, and the last up to which every event is in Redis (the relay's
+-- place; events numbered above it are published again after a crash).
 CREATE TABLE tenant_streams (
-    tenant    text PRIMARY KEY,
-    last_tseq bigint NOT NULL DEFAULT 0
+    tenant         text PRIMARY KEY,
+    last_tseq      bigint NOT NULL DEFAULT 0,
+    published_tseq bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE queue_pauses (

@@ -28,6 +28,7 @@ from websockets.sync.client import connect
 from app import db
 from runlane.embedded import EmbeddedServers, free_port
 from tests.helpers import Stack, wait_for
+from workers import relay
 
 TOKEN = "bench-token"
 START_DELAY_MS = 2000
@@ -131,8 +132,7 @@ def _drain(stack: Stack, database_url: str, count: int) -> None:
 
 
 def _pending(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) AS n FROM run_events WHERE NOT published").fetchone()
-    return int(row["n"]) if row else 0
+    return relay.backlog(conn)
 
 
 class TailRecorder:

@@ -145,3 +145,36 @@ def test_runlane_migrate_command_reports_what_it_applied(empty_database_url: str
 def applied_rows(url: str) -> list[int]:
     with psycopg.connect(url) as conn:
         return [row[0] for row in conn.execute(f"SELECT version FROM {BOOKKEEPING} ORDER BY 1")]
+
+
+def test_the_relay_place_starts_below_the_first_event_not_yet_sent(
+    empty_database_url: str,
+) -> None:
+    """Upgrading to 0004 while some numbered events were never marked published: the relay's
+    place stops short of them, so they are sent again, and events sent stay sent."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        for version, _, sql in db.migrations():
+            if version < 4:
+                conn.execute(sql)
+        conn.execute(db.q("create_migrations_table"))
+        for version in (1, 2, 3):
+            conn.execute(db.q("record_migration"), {"version": version, "name": f"m{version}"})
+        conn.execute(
+            "INSERT INTO runs (id, tenant, task, queue, status, scheduled_for)"
+            " VALUES (gen_random_uuid(), 'alpha', 't', 'q', 'queued', now()),"
+            " (gen_random_uuid(), 'beta', 't', 'q', 'queued', now())"
+        )
+        conn.execute(
+            "INSERT INTO run_events (run_id, seq, type, tenant, queue, tseq, published)"
+            " SELECT id, s, 'run.progress', tenant, 'q', CASE WHEN s <= 4 THEN s END, s <= 2"
+            " FROM runs, generate_series(1, 5) AS s"
+        )
+        conn.execute("INSERT INTO tenant_streams VALUES ('alpha', 4), ('beta', 4)")
+        conn.execute(  # beta's numbered events all went out; alpha's 3 and 4 did not
+            "UPDATE run_events SET published = true WHERE tenant = 'beta' AND tseq IS NOT NULL"
+        )
+
+    assert db.migrate(empty_database_url) == [4]
+    with psycopg.connect(empty_database_url) as conn:
+        rows = conn.execute("SELECT tenant, published_tseq FROM tenant_streams ORDER BY 1")
+        assert [tuple(r) for r in rows] == [("alpha", 2), ("beta", 4)]

@@ -237,7 +237,7 @@ def test_the_event_and_its_schema_have_the_contracts_fields_in_its_order() -> No
     event = Event.from_row(
         {"run_id": uuid.UUID(int=1), "seq": 1, "type": "run.queued", "at": NOW,
          "data": {"queue": "q", "priority": 5}, "json": rendered, "tenant": "alpha", "queue": "q",
-         "tseq": 7, "id": 12, "published": True}
+         "tseq": 7, "id": 12}
     )  # fmt: skip
 
     assert list(EventOut.model_fields) == CONTRACT_EVENT

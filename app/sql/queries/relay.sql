@@ -1,21 +1,28 @@
--- The outbox relay and the tails: taking batches of unpublished events, numbering them in their
--- tenant's stream, marking them published, and reading events back by seq or tseq.
+-- The outbox relay and the tails: taking batches of events, numbering them in their tenant's
+-- stream, keeping the relay's place, and reading events back by seq or tseq.
 
 -- name: relay_take_batch
--- One round trip: lock the oldest unpublished rows, give the ones without a tseq the next numbers
--- of their tenant's stream (tenant_streams is bumped in the same statement, so tseq stays
--- contiguous per tenant and its row lock serialises concurrent relays), and return the batch,
--- each event already rendered as the JSON clients get (by runlane_event_json, as every read of
--- history renders it; Postgres renders it faster than Python).
-WITH batch AS (
-    SELECT id, tenant, tseq FROM run_events
-    WHERE NOT published AND id <> ALL(%(skip)s::bigint[])
-    ORDER BY id
+-- One round trip. First the events numbered but not yet known to be in Redis (the relay died
+-- between XADD and relay_mark_published; `skip` leaves out a batch whose mark is under way), in
+-- tseq order so that whatever LIMIT leaves out is a tail and the mark never passes an event not
+-- sent. Then the oldest events not numbered yet: locked, given the next numbers of their tenant's
+-- stream (tenant_streams is bumped in the same statement, so tseq stays contiguous per tenant and
+-- its row lock serialises concurrent relays). Each event comes rendered as the JSON clients get
+-- (by runlane_event_json, as every read of history renders it; Postgres renders it faster).
+WITH pending AS (
+    SELECT e.id FROM tenant_streams ts
+    JOIN run_events e ON e.tenant = ts.tenant AND e.tseq > ts.published_tseq
+    WHERE ts.last_tseq > ts.published_tseq AND e.id <> ALL(%(skip)s::bigint[])
+    ORDER BY e.tenant, e.tseq
     LIMIT %(limit)s
+), batch AS (
+    SELECT id, tenant FROM run_events
+    WHERE tseq IS NULL
+    ORDER BY id
+    LIMIT %(limit)s - (SELECT count(*) FROM pending)
     FOR UPDATE
 ), fresh AS (
-    SELECT id, tenant, row_number() OVER (PARTITION BY tenant ORDER BY id) AS n
-    FROM batch WHERE tseq IS NULL
+    SELECT id, tenant, row_number() OVER (PARTITION BY tenant ORDER BY id) AS n FROM batch
 ), counts AS (
     SELECT tenant, count(*) AS total FROM fresh GROUP BY tenant
 ), bumped AS (
@@ -34,20 +41,29 @@ SELECT * FROM numbered
 UNION ALL
 SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
        runlane_event_json(e) AS event
-FROM run_events e JOIN batch b ON b.id = e.id
-WHERE b.tseq IS NOT NULL
-ORDER BY id;
+FROM run_events e JOIN pending p ON p.id = e.id
+ORDER BY tenant, tseq;
 
 -- name: relay_mark_published
-UPDATE run_events SET published = true WHERE id = ANY(%(ids)s);
+-- Every event of each tenant up to its tseq given here is in Redis (the batch's highest).
+UPDATE tenant_streams ts SET published_tseq = GREATEST(ts.published_tseq, m.tseq)
+FROM unnest(%(tenants)s::text[], %(tseqs)s::bigint[]) AS m(tenant, tseq)
+WHERE ts.tenant = m.tenant;
+
+-- name: relay_backlog
+-- How many events are not yet known to be in Redis: all of them, or those of one run.
+SELECT count(*) AS n FROM run_events e
+LEFT JOIN tenant_streams ts ON ts.tenant = e.tenant
+WHERE (e.tseq IS NULL OR e.tseq > ts.published_tseq)
+  AND (%(run_id)s::uuid IS NULL OR e.run_id = %(run_id)s::uuid);
 
 -- name: relay_recent_events
--- After Redis lost its data: the published events of runs that are live or ended recently,
--- in pages by id, to put back into their streams.
+-- After Redis lost its data: the numbered events of runs that are live or ended recently, in
+-- pages by id, to put back into their streams (those not sent yet go too: sending is idempotent).
 SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
        runlane_event_json(e) AS event
 FROM run_events e JOIN runs r ON r.id = e.run_id
-WHERE e.published AND e.id > %(after_id)s
+WHERE e.tseq IS NOT NULL AND e.id > %(after_id)s
   AND (r.finished_at IS NULL OR r.finished_at > now() - make_interval(secs => %(recent_s)s))
 ORDER BY e.id
 LIMIT %(limit)s;
