@@ -32,10 +32,12 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from redis import Redis
 
+from app import db
 from app.redis_keys import Keys
 from runlane.embedded import EmbeddedServers, free_port
 from tests.bench import cpu, wrk
 from tests.helpers import Stack
+from workers import relay
 
 TOKEN = "bench-token"
 
@@ -128,19 +130,19 @@ def settle(redis_url: str, database_url: str, prefix: str, began: float) -> dict
     keys = Keys(prefix)
     redis = Redis.from_url(redis_url)
     deadline = time.monotonic() + 120
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with db.connect(database_url) as conn:
         while True:
-            pending = conn.execute(
-                "SELECT (SELECT count(*) FROM runs WHERE status <> 'succeeded')"
-                " + (SELECT count(*) FROM run_events WHERE NOT published)"
-            ).fetchone()
-            if pending is not None and pending[0] == 0:
+            unfinished = conn.execute("SELECT count(*) AS n FROM runs WHERE status <> 'succeeded'")
+            row = unfinished.fetchone()
+            pending = (row["n"] if row else 0) + relay.backlog(conn)
+            if pending == 0:
                 break
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: {pending} runs or events still pending after 120 s")
             time.sleep(0.01)
         done = time.monotonic()
-        runs = conn.execute("SELECT id::text, last_seq FROM runs").fetchall()
+        rows = conn.execute("SELECT id::text AS id, last_seq FROM runs").fetchall()
+        runs = [(row["id"], row["last_seq"]) for row in rows]
     pipe = redis.pipeline(transaction=False)
     for run_id, _ in runs:
         pipe.xlen(keys.run_stream(run_id))
