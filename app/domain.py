@@ -38,6 +38,7 @@ class EventType(StrEnum):
     SUCCEEDED = "run.succeeded"
     FAILED = "run.failed"
     CANCELLED = "run.cancelled"
+    DEBOUNCED = "run.debounced"
 
     @property
     def terminal(self) -> bool:
@@ -144,6 +145,7 @@ class Run(Record):
     finished_at: datetime | None = field(metadata=TIME)
     last_seq: int
     tenant: str = field(metadata=INTERNAL)
+    dedupe_key: str | None = None
     backoff: dict[str, Any] | None = field(default=None, metadata=INTERNAL)
     timeout_s: float | None = field(default=None, metadata=INTERNAL)
     request_fingerprint: str | None = field(default=None, metadata=INTERNAL)

@@ -49,14 +49,25 @@ class NewRun:
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
     delayed: bool = False
+    dedupe: Dedupe | None = None  # see app.dedupe
 
 
-def create_run(conn: Conn, new: NewRun) -> tuple[Run, bool]:
-    """Insert the run and its first event; (existing run, False) when the key was used before."""
+@dataclass(frozen=True)
+class Dedupe:
+    """A run's dedupe field (contract §5.3): at most one of ttl_s and debounce_ms."""
+
+    key: str
+    ttl_s: float | None = None
+    debounce_ms: int | None = None
+
+
+def create_run(conn: Conn, new: NewRun, *, run_id: uuid.UUID | None = None) -> tuple[Run, bool]:
+    """Insert the run and its first event; (existing run, False) when the key was used before.
+    A dedupe field is stored, not acted on: app.dedupe.create_run does that."""
     row = conn.execute(
         q("insert_run"),
         {
-            "id": uuid.uuid4(),
+            "id": run_id or uuid.uuid4(),
             "tenant": new.tenant,
             "task": new.task,
             "queue": new.queue,
@@ -69,6 +80,7 @@ def create_run(conn: Conn, new: NewRun) -> tuple[Run, bool]:
             "metadata": jsonb(new.metadata),
             "idempotency_key": new.idempotency_key,
             "request_fingerprint": new.request_fingerprint,
+            "dedupe_key": new.dedupe.key if new.dedupe else None,
             "scheduled_for": new.scheduled_for,
         },
     ).fetchone()
@@ -79,8 +91,14 @@ def create_run(conn: Conn, new: NewRun) -> tuple[Run, bool]:
         {"tenant": new.tenant, "idempotency_key": new.idempotency_key},
     ).fetchone()
     if existing is None:  # the conflicting row was deleted (retention) between the two statements
-        return create_run(conn, new)
+        return create_run(conn, new, run_id=run_id)
     return Run.from_row(existing), False
+
+
+def run_by_idempotency_key(conn: Conn, tenant: str, key: str) -> Run | None:
+    row = conn.execute(q("run_by_idempotency_key"), {"tenant": tenant, "idempotency_key": key})
+    found = row.fetchone()
+    return Run.from_row(found) if found else None
 
 
 def get_run(conn: Conn, tenant: str, run_id: str) -> Run:

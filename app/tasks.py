@@ -46,6 +46,20 @@ class TaskDef:
     backoff: dict[str, Any] | None = None
     timeout_s: float | None = None
     description: str = ""
+    # the run's dedupe key when the submit gives none (contract §5.3), from the run's input
+    dedupe_key: Callable[[Any], str | None] | None = None
+
+    def dedupe_key_of(self, input: Any) -> str | None:
+        """The key the task derives from `input`; ValueError when its function fails on it."""
+        if self.dedupe_key is None:
+            return None
+        try:
+            key = self.dedupe_key(input)
+        except Exception as exc:
+            raise ValueError(f"the task's dedupe_key failed on this input: {exc!r}") from exc
+        if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 255):
+            raise ValueError("the task's dedupe_key must give a string of 1 to 255 characters")
+        return key
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,13 +84,14 @@ class Registry:
         max_attempts: int | None = None,
         backoff: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        dedupe_key: Callable[[Any], str | None] | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         def register(fn: TaskFn) -> TaskFn:
             if name in self.tasks and self.tasks[name].fn is not fn:
                 raise ValueError(f"task {name} is registered twice")
             doc = (fn.__doc__ or "").strip().splitlines()
             self.tasks[name] = TaskDef(
-                name, fn, queue, max_attempts, backoff, timeout_s, doc[0] if doc else ""
+                name, fn, queue, max_attempts, backoff, timeout_s, doc[0] if doc else "", dedupe_key
             )
             return fn
 

@@ -20,6 +20,7 @@ CREATE TABLE runs (
     metadata            jsonb NOT NULL DEFAULT '{}',
     idempotency_key     text,
     request_fingerprint text,
+    dedupe_key          text,
     created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     scheduled_for       timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at          timestamptz,
@@ -46,6 +47,20 @@ CREATE INDEX runs_running_lease_idx ON runs (lease_expires_at) WHERE status = 'r
 CREATE INDEX runs_finished_idx ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 -- The outbox: one row per event, written in the transaction of the state change it reports.
+-- Deduplication (contract §5.3): a tenant's dedupe key names at most one live run; how long it
+-- holds depends on the mode it was taken with: ttl_s (expires_at), debounce (until its run
+-- starts) or neither (until its run ends).
+CREATE TABLE dedupe_keys (
+    tenant     text NOT NULL,
+    key        text NOT NULL,
+    -- deferred: the key is taken before the run it names is inserted, in one transaction
+    run_id     uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    expires_at timestamptz,
+    debounce   boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (tenant, key)
+);
+CREATE INDEX dedupe_keys_run_idx ON dedupe_keys (run_id);
+
 CREATE TABLE run_events (
     id        bigserial UNIQUE,
     run_id    uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,

@@ -101,6 +101,11 @@ def invalid(exc: ValidationError, status: int = 422) -> ApiError:
 def unstorable(found: Sequence[tuple[str, str]]) -> ApiError:
     """422 for values that no schema can accept because Postgres cannot store them (NUL, lone
     surrogates) or JSON cannot carry them (1e400): `found` is (field, message) pairs."""
+    return bad_fields(found)
+
+
+def bad_fields(found: Sequence[tuple[str, str]]) -> ApiError:
+    """422 naming each (field, message) that a rule outside the schemas refused."""
     return _fields_problem(422, [{"field": field, "message": message} for field, message in found])
 
 

@@ -382,3 +382,8 @@ CREATED = Reply(
     RunOut,
     headers={"Location": "the run's URL, /v1/runs/{id}"},
 )
+DEDUPLICATED = Reply(
+    "A live run holds the dedupe key: that run, nothing created (debounced: with this input)",
+    RunOut,
+    headers={"Deduplicated": "true"},
+)

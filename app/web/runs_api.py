@@ -11,7 +11,8 @@ from redis import RedisError
 
 from app import dispatch, logs, runs
 from app.domain import Run, RunStatus
-from app.web import idempotency, tails
+from app.tasks import TaskDef
+from app.web import errors, idempotency, tails
 from app.web.auth import query_token, require_tenant, tenant
 from app.web.current import (
     idempotency_store,
@@ -26,6 +27,7 @@ from app.web.errors import ApiError
 from app.web.fields import EPOCH
 from app.web.openapi import (
     CREATED,
+    DEDUPLICATED,
     EVENTS,
     FINISHED,
     IDEMPOTENCY_KEY,
@@ -49,7 +51,7 @@ bp.before_request(require_tenant)
     "Submit a run",
     body=RunCreate,
     headers=[IDEMPOTENCY_KEY],
-    responses={201: CREATED, 409: None},
+    responses={201: CREATED, 200: DEDUPLICATED, 409: None},
 )
 def submit_run() -> Response:
     # Everything that can refuse the request comes before the claim, so refusals leave the
@@ -162,7 +164,8 @@ def list_events(run_id: str) -> Any:
 def _new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
     """The run to insert: the request's fields, else the task's defaults, else the contract's."""
     task = services().registry.tasks[spec.task]
-    start = _delayed_until(spec)
+    dedupe = _dedupe(spec, task)
+    start = _delayed_until(spec, dedupe)
     return runs.NewRun(
         tenant=tenant(),
         task=spec.task,
@@ -177,17 +180,34 @@ def _new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
         delayed=start is not None,
         idempotency_key=key,
         request_fingerprint=fp,
+        dedupe=dedupe,
     )
 
 
-def _delayed_until(spec: RunCreate) -> datetime | None:
-    """When a delayed run may start; None to queue it now (no delay, or run_at already past)."""
+def _dedupe(spec: RunCreate, task: TaskDef) -> runs.Dedupe | None:
+    """The request's dedupe field, else the key the task derives from the input (no TTL)."""
+    if spec.dedupe is not None:
+        return runs.Dedupe(spec.dedupe.key, spec.dedupe.ttl_s, spec.dedupe.debounce_ms)
+    try:
+        key = task.dedupe_key_of(spec.input)
+    except ValueError as exc:
+        raise errors.bad_fields([("input", str(exc))]) from exc
+    return runs.Dedupe(key) if key else None
+
+
+def _delayed_until(spec: RunCreate, dedupe: runs.Dedupe | None) -> datetime | None:
+    """When a delayed run may start; None to queue it now (no delay, or run_at already past).
+    A debounced run waits its debounce_ms at least."""
     now = datetime.now(UTC)
+    start = None
     if spec.delay_ms:
-        return now + timedelta(milliseconds=spec.delay_ms)
-    if spec.run_at is not None and spec.run_at > now:
-        return spec.run_at
-    return None
+        start = now + timedelta(milliseconds=spec.delay_ms)
+    elif spec.run_at is not None and spec.run_at > now:
+        start = spec.run_at
+    if dedupe is not None and dedupe.debounce_ms is not None:
+        debounced = now + timedelta(milliseconds=dedupe.debounce_ms)
+        start = max(start, debounced) if start else debounced
+    return start
 
 
 def _enqueue(run: Run) -> None:
@@ -204,6 +224,8 @@ def _response(result: SubmitResult) -> Response:
         response.headers["Location"] = f"/v1/runs/{result.run_id}"
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    if result.status == 200:  # only a deduplicated submit answers 200 (and so its replays)
+        response.headers["Deduplicated"] = "true"
     return response
 
 

@@ -58,6 +58,13 @@ ONE_TRIGGER: dict[str, Any] = {
         {"required": ["every_s"], "properties": {"every_s": {"type": "number"}}},
     ]
 }
+# DedupeIn's rule, for the document: not both ttl_s and debounce_ms.
+ONE_DEDUPE_MODE: dict[str, Any] = {
+    "not": {
+        "required": ["ttl_s", "debounce_ms"],
+        "properties": {"ttl_s": {"type": "number"}, "debounce_ms": {"type": "integer"}},
+    }
+}
 # RunCreate's rule, for the document: not both delay_ms and run_at.
 ONE_START_TIME: dict[str, Any] = {
     "not": {
@@ -77,6 +84,22 @@ class Backoff(Request):
     jitter: float = Field(default=0.0, ge=0, le=1)
 
 
+class DedupeIn(Request):
+    """A run's dedupe field (contract §5.3)."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_DEDUPE_MODE)
+
+    key: str = Field(min_length=1, max_length=255)
+    ttl_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
+    debounce_ms: Annotated[int, Field(gt=0, le=TEN_YEARS_MS), INTEGRAL] | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> DedupeIn:
+        if self.ttl_s is not None and self.debounce_ms is not None:
+            raise ValueError("give ttl_s or debounce_ms, not both")
+        return self
+
+
 class RunCreate(Request):
     """POST /v1/runs. Validate with context={"registry": ...} to refuse unknown tasks."""
 
@@ -92,6 +115,7 @@ class RunCreate(Request):
     backoff: Backoff | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
     metadata: StorableObject = Field(default_factory=dict)
+    dedupe: DedupeIn | None = None
 
     _task_registered = field_validator("task")(_registered)
 

@@ -16,7 +16,7 @@ from redis import Redis, RedisError
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from app import dispatch, logs, runs
+from app import dedupe, dispatch, logs, runs
 from app.domain import Run, RunStatus
 from app.redis_keys import Keys
 from app.services import Services
@@ -30,7 +30,8 @@ log = logs.get("runlane.web")
 class Ports:
     """What a submit touches: Postgres through `create_run`, Redis for the key and the dispatch."""
 
-    create_run: Callable[[runs.NewRun], tuple[Run, bool]]  # app.runs.create_run on a connection
+    # app.dedupe.create_run on a connection: (the new run, True), or (the run that answers, False)
+    create_run: Callable[[runs.NewRun], tuple[Run, bool]]
     redis: Redis
     keys: Keys
     store: IdempotencyStore
@@ -39,7 +40,7 @@ class Ports:
     def of(cls, services: Services, store: IdempotencyStore) -> Ports:
         def create_run(new: runs.NewRun) -> tuple[Run, bool]:
             with services.pool.connection() as conn:
-                return runs.create_run(conn, new)
+                return dedupe.create_run(conn, new)
 
         return cls(create_run, services.redis, services.keys, store)
 
@@ -57,7 +58,7 @@ class SubmitResult:
     def run_id(self) -> str:
         if self.run is not None:
             return self.run.id
-        return str(json.loads(self.body).get("id", "")) if self.status == 201 else ""
+        return str(json.loads(self.body).get("id", "")) if self.status in (200, 201) else ""
 
 
 def submit(ports: Ports, new: runs.NewRun) -> SubmitResult:
@@ -76,8 +77,10 @@ def submit(ports: Ports, new: runs.NewRun) -> SubmitResult:
         if claimed:  # no run was created: the key must stay usable
             _release(ports.store, new)
         raise
-    if not created:
+    if not created and _holds_the_key(run, new):
         return _existing(ports.store, run, new, claimed=claimed)
+    if not created:
+        return _deduplicated(ports.store, run, new, claimed=claimed)
     body = _dump(run.to_json())
     _dispatch_and_store(ports, run, new, body, claimed=claimed)
     return SubmitResult(201, body, replayed=False, run=run)
@@ -112,6 +115,27 @@ def _existing(
     return SubmitResult(201, body, replayed=True, run=run)
 
 
+def _holds_the_key(run: Run, new: runs.NewRun) -> bool:
+    """Whether the run that answered instead of a new one holds the request's Idempotency-Key
+    (else it holds its dedupe key)."""
+    return new.idempotency_key is not None and run.idempotency_key == new.idempotency_key
+
+
+def _deduplicated(
+    store: IdempotencyStore, run: Run, new: runs.NewRun, *, claimed: bool
+) -> SubmitResult:
+    """A live run holds the dedupe key: 200 with it (debounced: with the new input), stored for
+    the Idempotency-Key like any answer. Nothing to dispatch: that run was dispatched already,
+    or is delayed and the scheduler promotes it."""
+    body = _dump(run.to_json())
+    if claimed:
+        try:
+            _store(store, new, body, status=200)
+        except RedisError as exc:  # the claim's lease runs out; the key is usable again then
+            log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
+    return SubmitResult(200, body, replayed=False, run=run)
+
+
 def _dispatch_and_store(
     ports: Ports, run: Run, new: runs.NewRun, body: bytes, *, claimed: bool
 ) -> None:
@@ -135,10 +159,15 @@ def _dispatch_and_store(
 
 
 def _store(
-    store: IdempotencyStore, new: runs.NewRun, body: bytes, *, pipeline: Pipeline | None = None
+    store: IdempotencyStore,
+    new: runs.NewRun,
+    body: bytes,
+    *,
+    status: int = 201,
+    pipeline: Pipeline | None = None,
 ) -> None:
     key, fp = str(new.idempotency_key), str(new.request_fingerprint)
-    store.store(new.tenant, key, fp, 201, body, pipeline=pipeline)
+    store.store(new.tenant, key, fp, status, body, pipeline=pipeline)
 
 
 def _release(store: IdempotencyStore, new: runs.NewRun) -> None:

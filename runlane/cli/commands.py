@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.config import ConfigError
 from runlane.cli import client_options, output
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ def cmd_submit(args: argparse.Namespace, cli: Cli) -> int:
         "backoff": args.backoff,
         "timeout_s": args.timeout,
         "metadata": args.metadata,
+        "dedupe": _dedupe(args),
     }
     given = {name: value for name, value in fields.items() if value is not None}
     reply = cli.client.submit_reply(args.task, args.input, idempotency_key=args.key, **given)
@@ -182,6 +184,19 @@ def cmd_submit(args: argparse.Namespace, cli: Cli) -> int:
     if not cli.json and run["status"] not in output.FINISHED and sys.stderr.isatty():
         hint(f"follow it: runlane tail {run['id']}")
     return 0
+
+
+def _dedupe(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.dedupe_key is None:
+        if args.dedupe_ttl is not None or args.debounce is not None:
+            raise ConfigError("--dedupe-ttl and --debounce need --dedupe-key")
+        return None
+    dedupe: dict[str, Any] = {"key": args.dedupe_key}
+    if args.dedupe_ttl is not None:
+        dedupe["ttl_s"] = args.dedupe_ttl
+    if args.debounce is not None:
+        dedupe["debounce_ms"] = round(args.debounce * 1000)
+    return dedupe
 
 
 def cmd_get(args: argparse.Namespace, cli: Cli) -> int:
@@ -358,6 +373,13 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
     add("--metadata", type=json_object, metavar="JSON", help="a JSON object stored with the run")
     key_help = "Idempotency-Key: the same key and body again give the first run, never a second"
     add("--key", "--idempotency-key", dest="key", help=key_help)
+    dedupe_help = "while a run with this key is live, submitting it again gives that run"
+    add("--dedupe-key", metavar="KEY", help=dedupe_help)
+    mode = submit.add_mutually_exclusive_group()
+    ttl_help = "the dedupe key holds this long after the first run, ended or not: 30s, 5m"
+    mode.add_argument("--dedupe-ttl", type=duration("s"), metavar="DURATION", help=ttl_help)
+    debounce_help = "delay the run this long; a submit before it starts replaces its input"
+    mode.add_argument("--debounce", type=duration("ms"), metavar="DURATION", help=debounce_help)
     add("-q", "--quiet", action="store_true", help="print only the run's id")
 
 

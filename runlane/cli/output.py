@@ -333,6 +333,7 @@ def _run_payload(run: dict[str, Any]) -> list[tuple[str, str | None]]:
         ("error", f"{error.get('type')}: {error.get('message')}" if error else None),
         ("metadata", compact(run["metadata"]) if run.get("metadata") else None),
         ("idempotency key", run.get("idempotency_key")),
+        ("dedupe key", run.get("dedupe_key")),
         ("parent", run.get("parent_id")),
         ("limit key", run.get("limit_key")),
     ]

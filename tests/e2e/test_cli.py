@@ -261,6 +261,28 @@ def test_submit_says_what_it_did_and_why_it_refused(stack: Stack) -> None:
     assert "\n  priority: " in refused and "\n  timeout_s: " in refused
 
 
+def test_submit_with_a_dedupe_key_says_which_run_holds_it(stack: Stack) -> None:
+    args = ("submit", "demo.noop", "--queue", "nobody-serves-this", "--dedupe-key", "cli-d")
+    run = ok_json(runlane(stack, *args, "--json"))
+    assert run["dedupe_key"] == "cli-d"
+    held = ok_text(runlane(stack, *args))
+    assert f"run {run['id']} already exists for this dedupe key: queued" in held
+    first = ok_json(runlane(stack, "submit", "demo.noop", "--input", "1", "--dedupe-key", "cli-b",
+                            "--debounce", "10m", "--json"))  # fmt: skip
+    last = ok_json(runlane(stack, "submit", "demo.noop", "--input", "2", "--dedupe-key", "cli-b",
+                           "--debounce", "10m", "--json"))  # fmt: skip
+    assert (last["id"], last["input"], last["status"]) == (first["id"], 2, "delayed")
+    ttl = ok_json(runlane(stack, "submit", "demo.noop", "--dedupe-key", "cli-t",
+                          "--dedupe-ttl", "1h", "--json"))  # fmt: skip
+    assert ttl["dedupe_key"] == "cli-t"
+    both = runlane(stack, "submit", "demo.noop", "--dedupe-key", "k", "--debounce", "1s",
+                   "--dedupe-ttl", "1s")  # fmt: skip
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    assert "need --dedupe-key" in failed(
+        runlane(stack, "submit", "demo.noop", "--debounce", "1s"), 2
+    )
+
+
 def test_list_filters_pages_and_follows_every_page(stack: Stack) -> None:
     ids = [submit_id(stack, "demo.noop") for _ in range(3)]
     echo = submit_id(stack, "demo.echo")

@@ -174,7 +174,7 @@ def test_the_relay_place_starts_below_the_first_event_not_yet_sent(
             "UPDATE run_events SET published = true WHERE tenant = 'beta' AND tseq IS NOT NULL"
         )
 
-    assert db.migrate(empty_database_url) == [4]
+    assert db.migrate(empty_database_url)[0] == 4
     with psycopg.connect(empty_database_url) as conn:
         rows = conn.execute("SELECT tenant, published_tseq FROM tenant_streams ORDER BY 1")
         assert [tuple(r) for r in rows] == [("alpha", 2), ("beta", 4)]
