@@ -146,6 +146,9 @@ class Run(Record):
     last_seq: int
     tenant: str = field(metadata=INTERNAL)
     dedupe_key: str | None = None
+    waiting: dict[str, Any] | None = None  # not a column: app.waiting works it out when shown
+    # the queries that show runs select whether the run's queue is paused for its tenant
+    queue_paused: bool | None = field(default=None, metadata=INTERNAL)
     backoff: dict[str, Any] | None = field(default=None, metadata=INTERNAL)
     timeout_s: float | None = field(default=None, metadata=INTERNAL)
     request_fingerprint: str | None = field(default=None, metadata=INTERNAL)

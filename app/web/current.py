@@ -11,7 +11,9 @@ from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.domain import Run
 from app.services import Services
+from app.waiting import ServedQueues, with_waiting
 from app.web import errors
 from app.web.errors import ApiError
 from app.web.idempotency import IdempotencyStore
@@ -33,6 +35,16 @@ def idempotency_store() -> IdempotencyStore:
 
 def metrics() -> Metrics:
     return cast(Metrics, current_app.extensions["runlane.metrics"])
+
+
+def served_queues() -> frozenset[str] | None:
+    """The queues live workers serve (None while Redis cannot say); read at most once a second."""
+    return cast(ServedQueues, current_app.extensions["runlane.served"]).get()
+
+
+def shown(run: Run, served: frozenset[str] | None = None) -> dict[str, Any]:
+    """A run as clients see it, with why it waits (pass `served` when showing many)."""
+    return with_waiting(run, served if served is not None else served_queues()).to_json()
 
 
 def relay_nudged() -> None:

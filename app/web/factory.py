@@ -8,6 +8,7 @@ from flask.json.provider import DefaultJSONProvider
 from app import logs
 from app.config import Settings
 from app.services import Services
+from app.waiting import ServedQueues
 from app.web import errors
 from app.web.current import needs_relay_nudge, services
 from app.web.idempotency import IdempotencyStore
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["runlane.idempotency"] = IdempotencyStore(
         services.redis, services.keys, services.settings.idempotency_ttl_seconds
     )
+    app.extensions["runlane.served"] = ServedQueues(services.redis, services.keys)
     metrics = Metrics()
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)

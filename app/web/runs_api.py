@@ -20,7 +20,9 @@ from app.web.current import (
     query_args,
     read_json,
     relay_nudged,
+    served_queues,
     services,
+    shown,
     validate,
 )
 from app.web.errors import ApiError
@@ -60,7 +62,7 @@ def submit_run() -> Response:
     body = read_json()
     spec = validate(RunCreate, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    result = submit(Ports.of(services(), idempotency_store()), _new_run(spec, key, fp))
+    result = submit(Ports.of(services(), idempotency_store(), shown), _new_run(spec, key, fp))
     relay_nudged()  # a new run's dispatch pipeline nudged; a replay committed nothing
     if result.replayed:
         metrics().idempotent_replays.inc()
@@ -73,7 +75,8 @@ def submit_run() -> Response:
 @documented("Get a run", path=[RUN_ID], responses={200: Reply("The run", RunOut), 404: None})
 def get_run(run_id: str) -> dict[str, Any]:
     with services().pool.connection() as conn:
-        return runs.get_run(conn, tenant(), run_id).to_json()
+        run = runs.get_run(conn, tenant(), run_id)
+    return shown(run)
 
 
 @bp.get("/runs")
@@ -98,8 +101,9 @@ def list_runs() -> dict[str, Any]:
         )
     page = found[: query.limit]
     more = len(found) > query.limit
+    served = served_queues()
     return {
-        "items": [run.to_json() for run in page],
+        "items": [shown(run, served) for run in page],
         "next_cursor": _encode_cursor(page[-1]) if more else None,
     }
 
@@ -120,7 +124,7 @@ def cancel_run(run_id: str) -> dict[str, Any]:
             svc.redis.set(svc.keys.cancel(run.id, run.attempt), "1", ex=CANCEL_FLAG_TTL_S)
         except RedisError as exc:
             log.warning("cancel.flag_failed", extra={"run_id": run.id, "error": str(exc)})
-    return run.to_json()
+    return shown(run)
 
 
 @bp.post("/runs/<run_id>/retry")
@@ -134,7 +138,7 @@ def retry_run(run_id: str) -> dict[str, Any]:
     with svc.pool.connection() as conn:
         run = runs.retry_run(conn, tenant(), run_id)
     _enqueue(run)
-    return run.to_json()
+    return shown(run)
 
 
 @bp.get("/runs/<run_id>/events")

@@ -223,6 +223,17 @@ class Progress(Response):
     message: str
 
 
+class Waiting(Response):
+    """Why a run that is not running waits (contract §5.2)."""
+
+    reason: Literal[
+        "delayed", "backoff", "paused", "no_workers", "queued", "children", "rate_limited",
+        "concurrency_limited", "key_concurrency_limited", "key_rate_limited",
+    ]  # fmt: skip
+    detail: str
+    until: datetime | None
+
+
 def response_of(record: type[Record], name: str, **refined: Any) -> type[Response]:
     """The response model of a domain record: its API fields, in order, every one required;
     `refined` gives a field a more precise type for the document than the record declares."""
@@ -246,7 +257,9 @@ if TYPE_CHECKING:
     class ScheduleOut(Response): ...
 
 else:
-    RunOut = response_of(Run, "RunOut", error=RunError | None, progress=Progress | None)
+    RunOut = response_of(
+        Run, "RunOut", error=RunError | None, progress=Progress | None, waiting=Waiting | None
+    )
     EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
     ScheduleOut = response_of(Schedule, "ScheduleOut")
 

@@ -35,14 +35,17 @@ class Ports:
     redis: Redis
     keys: Keys
     store: IdempotencyStore
+    show: Callable[[Run], dict[str, Any]] = Run.to_json  # the run as its answer shows it
 
     @classmethod
-    def of(cls, services: Services, store: IdempotencyStore) -> Ports:
+    def of(
+        cls, services: Services, store: IdempotencyStore, show: Callable[[Run], dict[str, Any]]
+    ) -> Ports:
         def create_run(new: runs.NewRun) -> tuple[Run, bool]:
             with services.pool.connection() as conn:
                 return dedupe.create_run(conn, new)
 
-        return cls(create_run, services.redis, services.keys, store)
+        return cls(create_run, services.redis, services.keys, store, show)
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,10 @@ def submit(ports: Ports, new: runs.NewRun) -> SubmitResult:
             _release(ports.store, new)
         raise
     if not created and _holds_the_key(run, new):
-        return _existing(ports.store, run, new, claimed=claimed)
+        return _existing(ports, run, new, claimed=claimed)
     if not created:
-        return _deduplicated(ports.store, run, new, claimed=claimed)
-    body = _dump(run.to_json())
+        return _deduplicated(ports, run, new, claimed=claimed)
+    body = _dump(ports.show(run))
     _dispatch_and_store(ports, run, new, body, claimed=claimed)
     return SubmitResult(201, body, replayed=False, run=run)
 
@@ -98,18 +101,16 @@ def _claim(store: IdempotencyStore, new: runs.NewRun) -> idempotency.Outcome:
     return outcome
 
 
-def _existing(
-    store: IdempotencyStore, run: Run, new: runs.NewRun, *, claimed: bool
-) -> SubmitResult:
+def _existing(ports: Ports, run: Run, new: runs.NewRun, *, claimed: bool) -> SubmitResult:
     """Redis had forgotten the key (or is down) but Postgres holds a run with it."""
     if run.request_fingerprint != new.request_fingerprint:
         if claimed:
-            _release(store, new)
+            _release(ports.store, new)
         raise idempotency.mismatch()
-    body = _dump(run.to_json())
+    body = _dump(ports.show(run))
     if claimed:
         try:
-            _store(store, new, body)
+            _store(ports.store, new, body)
         except RedisError as exc:  # the claim's lease runs out; Postgres answers again then
             log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
     return SubmitResult(201, body, replayed=True, run=run)
@@ -121,16 +122,14 @@ def _holds_the_key(run: Run, new: runs.NewRun) -> bool:
     return new.idempotency_key is not None and run.idempotency_key == new.idempotency_key
 
 
-def _deduplicated(
-    store: IdempotencyStore, run: Run, new: runs.NewRun, *, claimed: bool
-) -> SubmitResult:
+def _deduplicated(ports: Ports, run: Run, new: runs.NewRun, *, claimed: bool) -> SubmitResult:
     """A live run holds the dedupe key: 200 with it (debounced: with the new input), stored for
     the Idempotency-Key like any answer. Nothing to dispatch: that run was dispatched already,
     or is delayed and the scheduler promotes it."""
-    body = _dump(run.to_json())
+    body = _dump(ports.show(run))
     if claimed:
         try:
-            _store(store, new, body, status=200)
+            _store(ports.store, new, body, status=200)
         except RedisError as exc:  # the claim's lease runs out; the key is usable again then
             log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
     return SubmitResult(200, body, replayed=False, run=run)

@@ -49,7 +49,7 @@ def ports_on(
     services: Services, redis: Redis, *, before: Callable[[], None] | None = None
 ) -> Ports:
     """Ports on the test's database and on `redis`; `before` runs as the insert starts."""
-    real = Ports.of(services, IdempotencyStore(redis, services.keys, 60))
+    real = Ports.of(services, IdempotencyStore(redis, services.keys, 60), Run.to_json)
 
     def create_run(new: NewRun) -> tuple[Run, bool]:
         if before is not None:

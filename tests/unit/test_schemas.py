@@ -195,6 +195,7 @@ CONTRACT_RUN = [
     "finished_at",
     "last_seq",
     "dedupe_key",  # §5.3; the contract's list of §2 first, then those of §5 it carries
+    "waiting",
 ]
 CONTRACT_EVENT = ["run_id", "seq", "type", "at", "data"]
 NOW = datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
