@@ -26,8 +26,10 @@ WITH pending AS (
 ), counts AS (
     SELECT tenant, count(*) AS total FROM fresh GROUP BY tenant
 ), bumped AS (
+    -- tenants in order: relay_mark_published, which may run at the same time on the relay's
+    -- other connection, locks the same rows in the same order, so the two never deadlock
     INSERT INTO tenant_streams AS ts (tenant, last_tseq)
-    SELECT tenant, total FROM counts
+    SELECT tenant, total FROM counts ORDER BY tenant
     ON CONFLICT (tenant) DO UPDATE SET last_tseq = ts.last_tseq + EXCLUDED.last_tseq
     RETURNING tenant, last_tseq
 ), numbered AS (
@@ -45,9 +47,16 @@ FROM run_events e JOIN pending p ON p.id = e.id
 ORDER BY tenant, tseq;
 
 -- name: relay_mark_published
--- Every event of each tenant up to its tseq given here is in Redis (the batch's highest).
+-- Every event of each tenant up to its tseq given here is in Redis (the batch's highest). The
+-- rows are locked in tenant order first, as relay_take_batch bumps them.
+WITH locked AS (
+    SELECT tenant FROM tenant_streams WHERE tenant = ANY(%(tenants)s::text[])
+    ORDER BY tenant
+    FOR UPDATE
+)
 UPDATE tenant_streams ts SET published_tseq = GREATEST(ts.published_tseq, m.tseq)
 FROM unnest(%(tenants)s::text[], %(tseqs)s::bigint[]) AS m(tenant, tseq)
+JOIN locked l USING (tenant)
 WHERE ts.tenant = m.tenant;
 
 -- name: relay_backlog
