@@ -145,6 +145,7 @@ class Run(Record):
     finished_at: datetime | None = field(metadata=TIME)
     last_seq: int
     tenant: str = field(metadata=INTERNAL)
+    limit_key: str | None = None
     dedupe_key: str | None = None
     waiting: dict[str, Any] | None = None  # not a column: app.waiting works it out when shown
     # the queries that show runs select whether the run's queue is paused for its tenant

@@ -50,6 +50,7 @@ class NewRun:
     request_fingerprint: str | None = None
     delayed: bool = False
     dedupe: Dedupe | None = None  # see app.dedupe
+    limit_key: str | None = None  # what its queue's per-key limits count by (contract §5.1)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def create_run(conn: Conn, new: NewRun, *, run_id: uuid.UUID | None = None) -> t
             "idempotency_key": new.idempotency_key,
             "request_fingerprint": new.request_fingerprint,
             "dedupe_key": new.dedupe.key if new.dedupe else None,
+            "limit_key": new.limit_key,
             "scheduled_for": new.scheduled_for,
         },
     ).fetchone()

@@ -46,20 +46,18 @@ class TaskDef:
     backoff: dict[str, Any] | None = None
     timeout_s: float | None = None
     description: str = ""
-    # the run's dedupe key when the submit gives none (contract §5.3), from the run's input
+    # the run's limit key and dedupe key when the submit gives none (contract §5.1, §5.3),
+    # worked out from the run's input
+    limit_key: Callable[[Any], str | None] | None = None
     dedupe_key: Callable[[Any], str | None] | None = None
 
+    def limit_key_of(self, input: Any) -> str | None:
+        """The limit key the task derives from `input`; ValueError when that fails."""
+        return _key_of(self.limit_key, input, "limit_key")
+
     def dedupe_key_of(self, input: Any) -> str | None:
-        """The key the task derives from `input`; ValueError when its function fails on it."""
-        if self.dedupe_key is None:
-            return None
-        try:
-            key = self.dedupe_key(input)
-        except Exception as exc:
-            raise ValueError(f"the task's dedupe_key failed on this input: {exc!r}") from exc
-        if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 255):
-            raise ValueError("the task's dedupe_key must give a string of 1 to 255 characters")
-        return key
+        """The dedupe key the task derives from `input`; ValueError when that fails."""
+        return _key_of(self.dedupe_key, input, "dedupe_key")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,14 +82,16 @@ class Registry:
         max_attempts: int | None = None,
         backoff: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        limit_key: Callable[[Any], str | None] | None = None,
         dedupe_key: Callable[[Any], str | None] | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         def register(fn: TaskFn) -> TaskFn:
             if name in self.tasks and self.tasks[name].fn is not fn:
                 raise ValueError(f"task {name} is registered twice")
             doc = (fn.__doc__ or "").strip().splitlines()
+            summary = doc[0] if doc else ""
             self.tasks[name] = TaskDef(
-                name, fn, queue, max_attempts, backoff, timeout_s, doc[0] if doc else "", dedupe_key
+                name, fn, queue, max_attempts, backoff, timeout_s, summary, limit_key, dedupe_key
             )
             return fn
 
@@ -102,6 +102,18 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         return name in self.tasks
+
+
+def _key_of(derive: Callable[[Any], str | None] | None, input: Any, what: str) -> str | None:
+    if derive is None:
+        return None
+    try:
+        key = derive(input)
+    except Exception as exc:
+        raise ValueError(f"the task's {what} failed on this input: {exc!r}") from exc
+    if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 255):
+        raise ValueError(f"the task's {what} must give a string of 1 to 255 characters")
+    return key
 
 
 # The registry task modules register into with `@task(...)`; filled when they are imported.

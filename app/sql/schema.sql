@@ -21,6 +21,7 @@ CREATE TABLE runs (
     idempotency_key     text,
     request_fingerprint text,
     dedupe_key          text,
+    limit_key           text,
     created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     scheduled_for       timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at          timestamptz,

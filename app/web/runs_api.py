@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,6 +169,7 @@ def list_events(run_id: str) -> Any:
 def _new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
     """The run to insert: the request's fields, else the task's defaults, else the contract's."""
     task = services().registry.tasks[spec.task]
+    limit_key = spec.limit_key or _derived(task.limit_key_of, spec.input)
     dedupe = _dedupe(spec, task)
     start = _delayed_until(spec, dedupe)
     return runs.NewRun(
@@ -185,6 +187,7 @@ def _new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
         idempotency_key=key,
         request_fingerprint=fp,
         dedupe=dedupe,
+        limit_key=limit_key,
     )
 
 
@@ -192,11 +195,16 @@ def _dedupe(spec: RunCreate, task: TaskDef) -> runs.Dedupe | None:
     """The request's dedupe field, else the key the task derives from the input (no TTL)."""
     if spec.dedupe is not None:
         return runs.Dedupe(spec.dedupe.key, spec.dedupe.ttl_s, spec.dedupe.debounce_ms)
+    key = _derived(task.dedupe_key_of, spec.input)
+    return runs.Dedupe(key) if key else None
+
+
+def _derived(key_of: Callable[[Any], str | None], input: Any) -> str | None:
+    """A key the task works out from the input; 422 on `input` when it cannot."""
     try:
-        key = task.dedupe_key_of(spec.input)
+        return key_of(input)
     except ValueError as exc:
         raise errors.bad_fields([("input", str(exc))]) from exc
-    return runs.Dedupe(key) if key else None
 
 
 def _delayed_until(spec: RunCreate, dedupe: runs.Dedupe | None) -> datetime | None:

@@ -115,6 +115,7 @@ class RunCreate(Request):
     backoff: Backoff | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
     metadata: StorableObject = Field(default_factory=dict)
+    limit_key: str | None = Field(default=None, min_length=1, max_length=255)
     dedupe: DedupeIn | None = None
 
     _task_registered = field_validator("task")(_registered)

@@ -172,6 +172,7 @@ def cmd_submit(args: argparse.Namespace, cli: Cli) -> int:
         "backoff": args.backoff,
         "timeout_s": args.timeout,
         "metadata": args.metadata,
+        "limit_key": args.limit_key,
         "dedupe": _dedupe(args),
     }
     given = {name: value for name, value in fields.items() if value is not None}
@@ -373,6 +374,11 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
     add("--metadata", type=json_object, metavar="JSON", help="a JSON object stored with the run")
     key_help = "Idempotency-Key: the same key and body again give the first run, never a second"
     add("--key", "--idempotency-key", dest="key", help=key_help)
+    add(
+        "--limit-key",
+        metavar="KEY",
+        help="what the queue's per-key limits count by, e.g. a customer",
+    )
     dedupe_help = "while a run with this key is live, submitting it again gives that run"
     add("--dedupe-key", metavar="KEY", help=dedupe_help)
     mode = submit.add_mutually_exclusive_group()

@@ -263,8 +263,8 @@ def test_submit_says_what_it_did_and_why_it_refused(stack: Stack) -> None:
 
 def test_submit_with_a_dedupe_key_says_which_run_holds_it(stack: Stack) -> None:
     args = ("submit", "demo.noop", "--queue", "nobody-serves-this", "--dedupe-key", "cli-d")
-    run = ok_json(runlane(stack, *args, "--json"))
-    assert run["dedupe_key"] == "cli-d"
+    run = ok_json(runlane(stack, *args, "--limit-key", "cust-1", "--json"))
+    assert (run["dedupe_key"], run["limit_key"]) == ("cli-d", "cust-1")
     held = ok_text(runlane(stack, *args))
     assert f"run {run['id']} already exists for this dedupe key: queued" in held
     first = ok_json(runlane(stack, "submit", "demo.noop", "--input", "1", "--dedupe-key", "cli-b",

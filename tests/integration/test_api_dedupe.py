@@ -22,9 +22,11 @@ ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
 def services(services: Services) -> Services:
     """The shared fixture's services, with a task that derives its dedupe key from its input."""
     registry = tasks.Registry(dict(tasks.load([]).tasks))
-    registry.task("test.per_customer", dedupe_key=lambda value: value["customer"])(
-        lambda ctx, value: value
-    )
+    registry.task(
+        "test.per_customer",
+        limit_key=lambda value: value["customer"],
+        dedupe_key=lambda value: value["customer"],
+    )(lambda ctx, value: value)
     services.registry = registry
     return services
 
@@ -159,15 +161,24 @@ def test_an_idempotency_key_is_checked_first_and_replays_the_deduplicated_answer
     assert replay.headers["Deduplicated"] == "true"
 
 
-def test_a_task_derives_the_key_from_the_input_unless_the_run_gives_one(
+def test_a_task_derives_the_keys_from_the_input_unless_the_run_gives_them(
     client: FlaskClient,
 ) -> None:
     first = post(client, task="test.per_customer", input={"customer": "c1"}).get_json()
-    assert first["dedupe_key"] == "c1"
+    assert (first["dedupe_key"], first["limit_key"]) == ("c1", "c1")
+    plain = post(client, input=1, limit_key="acct-9").get_json()
+    assert (plain["limit_key"], plain["dedupe_key"]) == ("acct-9", None)
     same = post(client, task="test.per_customer", input={"customer": "c1", "n": 2})
     assert (same.status_code, same.get_json()["id"]) == (200, first["id"])
-    own = post(client, task="test.per_customer", input={"customer": "c1"}, dedupe={"key": "x"})
-    assert own.status_code == 201 and own.get_json()["dedupe_key"] == "x"
+    own = post(
+        client,
+        task="test.per_customer",
+        input={"customer": "c1"},
+        dedupe={"key": "x"},
+        limit_key="y",
+    )
+    assert own.status_code == 201
+    assert (own.get_json()["dedupe_key"], own.get_json()["limit_key"]) == ("x", "y")
     bad = post(client, task="test.per_customer", input={"no": "customer"})
     assert bad.status_code == 422
     assert [e["field"] for e in bad.get_json()["errors"]] == ["input"]
@@ -190,3 +201,10 @@ def test_bad_dedupe_fields_are_422_naming_the_field(client: FlaskClient, dedupe:
     assert answer.status_code == 422
     assert answer.mimetype == "application/problem+json"
     assert all(e["field"].startswith("dedupe") for e in answer.get_json()["errors"])
+
+
+@pytest.mark.parametrize("limit_key", ["", "k" * 256, 7])
+def test_a_bad_limit_key_is_422_naming_it(client: FlaskClient, limit_key: Any) -> None:
+    answer = post(client, limit_key=limit_key)
+    assert answer.status_code == 422
+    assert [e["field"] for e in answer.get_json()["errors"]] == ["limit_key"]

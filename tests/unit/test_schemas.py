@@ -194,7 +194,8 @@ CONTRACT_RUN = [
     "started_at",
     "finished_at",
     "last_seq",
-    "dedupe_key",  # §5.3; the contract's list of §2 first, then those of §5 it carries
+    "limit_key",  # §5; the contract's list of §2 first, then those of §5 it carries
+    "dedupe_key",
     "waiting",
 ]
 CONTRACT_EVENT = ["run_id", "seq", "type", "at", "data"]

@@ -3,6 +3,8 @@
 -- Redis. How long it holds depends on the mode it was taken with: ttl_s (expires_at), debounce
 -- (until its run starts) or neither (until its run ends).
 ALTER TABLE runs ADD COLUMN dedupe_key text;
+-- The value that per-key limits of its queue apply to (contract §5.1), e.g. a customer id.
+ALTER TABLE runs ADD COLUMN limit_key text;
 
 CREATE TABLE dedupe_keys (
     tenant     text NOT NULL,
