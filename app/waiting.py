@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Container
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -44,8 +43,12 @@ def waiting_of(run: Run, served: Container[str] | None) -> dict[str, Any] | None
     return _reason("queued", "waiting its turn")
 
 
-def with_waiting(run: Run, served: Container[str] | None) -> Run:
-    return replace(run, waiting=waiting_of(run, served))
+def shown(run: Run, served: Container[str] | None) -> dict[str, Any]:
+    """The run as clients see it, `waiting` filled in (it is the record's last API field, so
+    setting it keeps the contract's order)."""
+    found = run.to_json()
+    found["waiting"] = waiting_of(run, served)
+    return found
 
 
 def _reason(reason: str, detail: str, until: datetime | None = None) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app import waiting
 from app.domain import Run
 from app.services import Services
-from app.waiting import ServedQueues, with_waiting
+from app.waiting import ServedQueues
 from app.web import errors
 from app.web.errors import ApiError
 from app.web.idempotency import IdempotencyStore
@@ -44,7 +45,7 @@ def served_queues() -> frozenset[str] | None:
 
 def shown(run: Run, served: frozenset[str] | None = None) -> dict[str, Any]:
     """A run as clients see it, with why it waits (pass `served` when showing many)."""
-    return with_waiting(run, served if served is not None else served_queues()).to_json()
+    return waiting.shown(run, served if served is not None else served_queues())
 
 
 def relay_nudged() -> None:
