@@ -88,13 +88,10 @@ def create_run(conn: Conn, new: NewRun, *, run_id: uuid.UUID | None = None) -> t
     ).fetchone()
     if row is not None:
         return Run.from_row(row), True
-    existing = conn.execute(
-        q("run_by_idempotency_key"),
-        {"tenant": new.tenant, "idempotency_key": new.idempotency_key},
-    ).fetchone()
+    existing = run_by_idempotency_key(conn, new.tenant, str(new.idempotency_key))
     if existing is None:  # the conflicting row was deleted (retention) between the two statements
         return create_run(conn, new, run_id=run_id)
-    return Run.from_row(existing), False
+    return existing, False
 
 
 def run_by_idempotency_key(conn: Conn, tenant: str, key: str) -> Run | None:

@@ -109,10 +109,7 @@ def _existing(ports: Ports, run: Run, new: runs.NewRun, *, claimed: bool) -> Sub
         raise idempotency.mismatch()
     body = _dump(ports.show(run))
     if claimed:
-        try:
-            _store(ports.store, new, body)
-        except RedisError as exc:  # the claim's lease runs out; Postgres answers again then
-            log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
+        _store_or_let_lapse(ports.store, new, run, body, 201)
     return SubmitResult(201, body, replayed=True, run=run)
 
 
@@ -128,11 +125,19 @@ def _deduplicated(ports: Ports, run: Run, new: runs.NewRun, *, claimed: bool) ->
     or is delayed and the scheduler promotes it."""
     body = _dump(ports.show(run))
     if claimed:
-        try:
-            _store(ports.store, new, body, status=200)
-        except RedisError as exc:  # the claim's lease runs out; the key is usable again then
-            log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
+        _store_or_let_lapse(ports.store, new, run, body, 200)
     return SubmitResult(200, body, replayed=False, run=run)
+
+
+def _store_or_let_lapse(
+    store: IdempotencyStore, new: runs.NewRun, run: Run, body: bytes, status: int
+) -> None:
+    """Store the answer for the Idempotency-Key; if Redis fails, the claim's lease runs out and
+    the key's next request is answered from Postgres again."""
+    try:
+        _store(store, new, body, status=status)
+    except RedisError as exc:
+        log.warning("idempotency.store_failed", extra={"run_id": run.id, "error": str(exc)})
 
 
 def _dispatch_and_store(

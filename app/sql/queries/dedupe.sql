@@ -21,8 +21,7 @@ RETURNING run_id;
 -- name: dedupe_holder
 -- The run holding a key (locked, so a debounce replaces it before anyone else looks).
 SELECT r.*, d.debounce,
-       EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = r.tenant AND p.queue = r.queue)
-           AS queue_paused
+       runlane_queue_paused(r.tenant, r.queue) AS queue_paused
 FROM dedupe_keys d JOIN runs r ON r.id = d.run_id
 WHERE d.tenant = %(tenant)s AND d.key = %(key)s
 FOR UPDATE OF d;

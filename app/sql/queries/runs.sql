@@ -14,8 +14,7 @@ VALUES (%(id)s, %(tenant)s, %(task)s, %(queue)s, %(status)s, %(input)s, %(max_at
         CASE WHEN %(status)s = 'queued' THEN now() END, 1)
 ON CONFLICT (tenant, idempotency_key) DO NOTHING
 RETURNING *,
-    EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-        AS queue_paused,
+    runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
     CASE WHEN status = 'queued' THEN 'run.queued' ELSE 'run.delayed' END AS event_type,
     CASE WHEN status = 'queued'
          THEN jsonb_build_object('queue', queue, 'priority', priority)
@@ -24,25 +23,18 @@ RETURNING *,
         AS event_data;
 
 -- name: run_by_idempotency_key
-SELECT *,
-       EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-           AS queue_paused
-FROM runs WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s;
+SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused FROM runs
+WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s;
 
 -- name: get_run
-SELECT *,
-       EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-           AS queue_paused
-FROM runs WHERE id = %(id)s AND tenant = %(tenant)s;
+SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused FROM runs
+WHERE id = %(id)s AND tenant = %(tenant)s;
 
 -- name: get_run_any_tenant
 SELECT * FROM runs WHERE id = %(id)s;
 
 -- name: list_runs
-SELECT *,
-       EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-           AS queue_paused
-FROM runs
+SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused FROM runs
 WHERE tenant = %(tenant)s
   AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
@@ -171,9 +163,9 @@ UPDATE runs SET status = 'queued', attempt_base = attempt, stalls = 0, error = N
                 dispatched_at = now(), last_seq = last_seq + 1
 WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'cancelled')
 RETURNING *,
-    EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-        AS queue_paused,
-    'run.queued' AS event_type, jsonb_build_object('queue', queue, 'priority', priority) AS event_data;
+    runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
+    'run.queued' AS event_type,
+    jsonb_build_object('queue', queue, 'priority', priority) AS event_data;
 
 -- name: promote_due (outbox)
 -- Delayed runs whose time has come; SKIP LOCKED lets several schedulers share the work.
