@@ -156,6 +156,9 @@ class Run(Record):
     request_fingerprint: str | None = field(default=None, metadata=INTERNAL)
     # attempts before the current budget (a manual retry starts one)
     attempt_base: int = field(default=0, metadata=INTERNAL)
+    # why a queue limit holds it back (a waiting reason), or "released" (app.limits)
+    held: str | None = field(default=None, metadata=INTERNAL)
+    held_until: datetime | None = field(default=None, metadata=INTERNAL)  # a rate's next slot
 
     @property
     def budget_attempt(self) -> int:

@@ -8,7 +8,6 @@ queries of app/sql/queries/runs.sql. Guards in the queries make stale or duplica
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,7 +100,7 @@ def run_by_idempotency_key(conn: Conn, tenant: str, key: str) -> Run | None:
 
 
 def get_run(conn: Conn, tenant: str, run_id: str) -> Run:
-    row = conn.execute(q("get_run"), {"id": _uuid(run_id), "tenant": tenant}).fetchone()
+    row = conn.execute(q("get_run"), {"id": run_uuid(run_id), "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(run_id)
     return Run.from_row(row)
@@ -109,7 +108,7 @@ def get_run(conn: Conn, tenant: str, run_id: str) -> Run:
 
 def load_run(conn: Conn, run_id: str) -> Run | None:
     """A run by id whatever its tenant: for workers, which act on ids Postgres gave out."""
-    row = conn.execute(q("get_run_any_tenant"), {"id": _uuid(run_id)}).fetchone()
+    row = conn.execute(q("get_run_any_tenant"), {"id": run_uuid(run_id)}).fetchone()
     return Run.from_row(row) if row else None
 
 
@@ -140,39 +139,14 @@ def list_runs(
 
 def list_events(conn: Conn, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
     rows = conn.execute(
-        q("list_events"), {"run_id": _uuid(run_id), "after": after, "limit": limit}
+        q("list_events"), {"run_id": run_uuid(run_id), "after": after, "limit": limit}
     ).fetchall()
     return [Event.from_row(row) for row in rows]
 
 
-def claimed_by_worker(conn: Conn, run_ids: list[str], worker: str) -> list[Run]:
-    """Which of these runs are running an attempt of `worker`'s (claims whose reply was lost)."""
-    rows = conn.execute(
-        q("claimed_by_worker"), {"ids": [_uuid(r) for r in run_ids], "worker": worker}
-    )
-    return [Run.from_row(row) for row in rows]
-
-
-def record_progress(conn: Conn, run: Run, percent: float, message: str) -> bool:
-    """Store and emit progress; returns whether cancellation has been requested."""
-    data = {"percent": percent, "message": message}
-    row = conn.execute(
-        q("record_progress"), {"id": _uuid(run.id), "attempt": run.attempt, "data": jsonb(data)}
-    ).fetchone()
-    return bool(row and row["cancel_requested_at"])
-
-
-def record_log(conn: Conn, run: Run, message: str, level: str) -> bool:
-    data = {"level": level, "message": message}
-    row = conn.execute(
-        q("record_log"), {"id": _uuid(run.id), "attempt": run.attempt, "data": jsonb(data)}
-    ).fetchone()
-    return bool(row and row["cancel_requested_at"])
-
-
 def request_cancel(conn: Conn, tenant: str, run_id: str, reason: str = "cancelled") -> Run:
     """Cancel a waiting run at once, or ask a running attempt to stop; 409 for a finished run."""
-    params = {"id": _uuid(run_id), "tenant": tenant, "reason": reason}
+    params = {"id": run_uuid(run_id), "tenant": tenant, "reason": reason}
     row = conn.execute(q("cancel_waiting"), params).fetchone()
     if row is None:
         row = conn.execute(q("request_cancel_running"), params).fetchone()
@@ -186,7 +160,7 @@ def request_cancel(conn: Conn, tenant: str, run_id: str, reason: str = "cancelle
 
 
 def retry_run(conn: Conn, tenant: str, run_id: str) -> Run:
-    row = conn.execute(q("retry_run"), {"id": _uuid(run_id), "tenant": tenant}).fetchone()
+    row = conn.execute(q("retry_run"), {"id": run_uuid(run_id), "tenant": tenant}).fetchone()
     if row is not None:
         return Run.from_row(row)
     run = get_run(conn, tenant, run_id)
@@ -205,147 +179,16 @@ def next_delayed_due(conn: Conn) -> datetime | None:
     return row["due"] if row else None
 
 
-def renew_leases(conn: Conn, run_ids: list[str], *, worker: str, lease_s: float) -> dict[str, bool]:
-    """Extend the leases of this worker's attempts; run id -> cancel requested."""
-    rows = conn.execute(
-        q("renew_leases"),
-        {"ids": [_uuid(r) for r in run_ids], "worker": worker, "lease_s": lease_s},
-    )
-    return {str(row["id"]): row["cancel_requested_at"] is not None for row in rows}
-
-
-def recover_stalled(conn: Conn, limit: int = 100) -> list[Run]:
-    """Runs whose lease expired: requeued on a first stall, failed (or cancelled) on a second."""
-    recovered = []
-    with conn.transaction():
-        for row in conn.execute(q("expired_leases"), {"limit": limit}).fetchall():
-            run = Run.from_row(row)
-            params = {"id": _uuid(run.id), "attempt": run.attempt}
-            if row["cancel_requested_at"] is not None:
-                conn.execute(q("stall_event"), params)
-                done = conn.execute(q("cancel_running"), params).fetchone()
-            elif row["stalls"] == 0:
-                done = conn.execute(q("requeue_stalled"), params).fetchone()
-            else:
-                conn.execute(q("stall_event"), params)
-                error = {"type": "Stalled", "message": "the attempt's worker stopped responding"}
-                done = conn.execute(q("fail_attempt"), {**params, "error": jsonb(error)}).fetchone()
-            if done is not None:
-                recovered.append(Run.from_row(done))
-    return recovered
-
-
 def queued_to_dispatch(conn: Conn, *, older_than_s: float, limit: int = 1000) -> list[Run]:
     rows = conn.execute(q("queued_to_dispatch"), {"older_than_s": older_than_s, "limit": limit})
     return [Run.from_row(row) for row in rows]
 
 
 def mark_dispatched(conn: Conn, run_ids: list[str]) -> None:
-    conn.execute(q("mark_dispatched"), {"ids": [_uuid(r) for r in run_ids]})
+    conn.execute(q("mark_dispatched"), {"ids": [run_uuid(r) for r in run_ids]})
 
 
-# The changes of an attempt, which a worker commits in groups (group_commit). Each one's guard
-# makes it a no-op (None) for a stale attempt.
-
-
-@dataclass(frozen=True)
-class Change:
-    """One state change of this module (a runs.sql query and its parameters), for group_commit."""
-
-    query: str
-    params: dict[str, Any]
-
-
-def claim_change(run_id: str, *, worker: str, lease_s: float) -> Change:
-    """Start the next attempt; None when the run is no longer queued (fencing)."""
-    return Change("claim_attempt", {"id": _uuid(run_id), "worker": worker, "lease_s": lease_s})
-
-
-def finish_change(run: Run, result: Any) -> Change:
-    """The attempt succeeded. None when its cancellation was requested (see cancel_change)."""
-    return Change("finish_attempt", {**_attempt(run), "result": jsonb(result)})
-
-
-def retry_change(run: Run, error: dict[str, str], delay_ms: int) -> Change:
-    """The attempt failed with attempts left: delayed by `delay_ms` (queued when 0)."""
-    return Change("retry_attempt", {**_attempt(run), "error": jsonb(error), "delay_ms": delay_ms})
-
-
-def fail_change(run: Run, error: dict[str, str]) -> Change:
-    return Change("fail_attempt", {**_attempt(run), "error": jsonb(error)})
-
-
-def cancel_change(run: Run) -> Change:
-    """The worker stopped an attempt whose cancellation was requested."""
-    return Change("cancel_running", _attempt(run))
-
-
-def release_change(run: Run) -> Change:
-    """Hand back a claimed attempt that never started (its worker is stopping)."""
-    return Change("release_attempt", _attempt(run))
-
-
-def group_commit(conn: Conn, changes: list[Change]) -> list[Run | None]:
-    """Several state changes in one transaction and one round trip (group commit).
-
-    Each keeps its guard and its event; a worker uses this to pay one WAL flush for a batch.
-    Consecutive claims, and consecutive finishes, go as one statement each (_BATCHED): the
-    statement's overhead, not the row's, is most of a no-op job's cost.
-    """
-    if not changes:
-        return []
-    with conn.pipeline(), conn.transaction():
-        sent = [(group, conn.execute(*_statement(group))) for group in _groups(changes)]
-    done: list[Run | None] = []
-    for group, cur in sent:
-        # a run listed twice (a duplicate delivery) changes once: its first place gets the run
-        by_id = {run.id: run for run in map(Run.from_row, cur.fetchall())}
-        done += [by_id.pop(str(change.params["id"]), None) for change in group]
-    return done
-
-
-# The queries that take lists, one change's parameters each, and how to merge them.
-_BATCHED: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
-    "claim_attempt": lambda ps: {**ps[0], "ids": [p["id"] for p in ps]},  # one worker and lease
-    "finish_attempt": lambda ps: {
-        "ids": [p["id"] for p in ps],
-        "attempts": [p["attempt"] for p in ps],
-        "results": [p["result"] for p in ps],
-    },
-}
-
-
-def _groups(changes: list[Change]) -> Iterator[list[Change]]:
-    """The changes in order, runs of batchable ones of one kind (and one worker and lease,
-    for claims) together; each other change alone."""
-    group: list[Change] = []
-    for change in changes:
-        if group and (change.query not in _BATCHED or not _same_batch(group[0], change)):
-            yield group
-            group = []
-        group.append(change)
-    if group:
-        yield group
-
-
-def _same_batch(first: Change, change: Change) -> bool:
-    if first.query != change.query:
-        return False
-    shared = ("worker", "lease_s") if change.query == "claim_attempt" else ()
-    return all(first.params[k] == change.params[k] for k in shared)
-
-
-def _statement(group: list[Change]) -> tuple[str, dict[str, Any]]:
-    query = group[0].query
-    merge = _BATCHED.get(query)
-    return q(query), merge([c.params for c in group]) if merge else group[0].params
-
-
-def _attempt(run: Run) -> dict[str, Any]:
-    return {"id": _uuid(run.id), "attempt": run.attempt}
-
-
-def _uuid(value: str) -> uuid.UUID:
+def run_uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except ValueError as exc:

@@ -23,6 +23,14 @@ from app.redis_keys import Keys
 from app.services import REDIS_DOWN
 
 WAITS = (RunStatus.QUEUED, RunStatus.DELAYED)
+# what a run a queue limit holds back (its `held`, app.limits) waits for
+HELD = {
+    "concurrency_limited": "queue {queue} runs as many at once as its limits allow",
+    "key_concurrency_limited": "its limit_key runs as many at once as queue {queue} allows",
+    "rate_limited": "queue {queue} started as many as its rate allows; the next may at until",
+    "key_rate_limited": "its limit_key started as many as queue {queue}'s rate allows",
+    "queued": "waiting its turn behind runs the limits of queue {queue} hold back",
+}
 
 
 def waiting_of(run: Run, served: Container[str] | None) -> dict[str, Any] | None:
@@ -38,6 +46,8 @@ def waiting_of(run: Run, served: Container[str] | None) -> dict[str, Any] | None
         return _reason("delayed", "starts no sooner than until", run.scheduled_for)
     if run.queue_paused:
         return _reason("paused", f"queue {run.queue} is paused")
+    if run.held in HELD:
+        return _reason(run.held, HELD[run.held].format(queue=run.queue), run.held_until)
     if served is not None and run.queue not in served:
         return _reason("no_workers", f"no live worker serves queue {run.queue}")
     return _reason("queued", "waiting its turn")

@@ -144,6 +144,11 @@ class Client:
     def resume(self, queue: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/queues/{_quote(queue)}/resume")
 
+    def set_limits(self, queue: str, **changes: Any) -> dict[str, Any]:
+        """PUT /v1/queues/{queue}/limits with concurrency, rate, key_concurrency, key_rate: the
+        ones given change (None removes that limit), the others stay. Answers the queue."""
+        return self._call("PUT", f"/v1/queues/{_quote(queue)}/limits", changes)
+
     def tasks(self) -> dict[str, Any]:
         return self._call("GET", "/v1/tasks")
 

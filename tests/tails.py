@@ -19,7 +19,7 @@ from redis import Redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from app import runs
+from app import attempts, runs
 from app.domain import Run
 from app.redis_keys import Keys, stream_number
 from tests.helpers import Stack, wait_for
@@ -47,7 +47,9 @@ def started_run(conn: Conn, tenant: str = "alpha", queue: str = "default") -> Ru
         scheduled_for=None,
     )
     run, _ = runs.create_run(conn, new)
-    claimed = runs.group_commit(conn, [runs.claim_change(run.id, worker="test", lease_s=60)])[0]
+    claimed = attempts.group_commit(
+        conn, [attempts.claim_change(run.id, worker="test", lease_s=60)]
+    )[0]
     assert claimed is not None
     return claimed
 
@@ -77,7 +79,7 @@ def finished_run(stack: Stack, steps: int = 3) -> dict[str, Any]:
 
 def emit_progress(conn: psycopg.Connection[Any], run: Run, steps: int) -> None:
     for i in range(1, steps + 1):
-        runs.record_progress(conn, run, round(100 * i / steps), f"step {i}/{steps}")
+        attempts.record_progress(conn, run, round(100 * i / steps), f"step {i}/{steps}")
 
 
 def outbox_flushed(conn: psycopg.Connection[Any], redis: Redis, keys: Keys, run_id: str) -> bool:

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from app import dispatch, runs
+from app import attempts, dispatch, runs
+from app.attempts import Change
 from app.config import Settings
 from app.domain import Run, RunStatus
-from app.runs import Change
 from app.services import REDIS_DOWN, Services
 from app.tasks import TaskDef, Unrecoverable
 from workers import backoff
@@ -60,6 +60,9 @@ class Executor:
         # their tasks running now: the monitor polls their cancel keys, the watchdog stops them
         self.running: dict[str, Attempt] = {}
         self._reconnects = 0  # connections replaced after Postgres dropped one
+        # runs the last commit queued again (immediate retries, held runs it released), which
+        # the loop may pop at once
+        self.requeued = 0
 
     def close(self) -> None:
         self.services.pool.putconn(self.conn)
@@ -68,10 +71,10 @@ class Executor:
         """Record outcomes and claim the next runs, in one transaction; the attempts claimed."""
         lease = self.settings.lease_seconds
         changes = [o.change for o in outcomes]
-        changes += [runs.claim_change(i, worker=self.worker, lease_s=lease) for i in claim_ids]
+        changes += [attempts.claim_change(i, worker=self.worker, lease_s=lease) for i in claim_ids]
         reconnects = self._reconnects
-        done = self._group_commit(changes)
-        self._after(outcomes, done[: len(outcomes)])
+        done, released = self._group_commit(changes)
+        self._after(outcomes, done[: len(outcomes)], released)
         started = [run for run in done[len(outcomes) :] if run is not None]
         if self._reconnects != reconnects:
             started += self._claimed_before_the_loss(claim_ids, started)
@@ -86,9 +89,9 @@ class Executor:
         task = self.services.registry.get(run.task)
         if task is None:
             error = {"type": "UnknownTask", "message": f"no task {run.task!r} in this worker"}
-            return Outcome(run, runs.fail_change(run, error))
+            return Outcome(run, attempts.fail_change(run, error))
         if attempt.cancel.is_set():
-            return Outcome(run, runs.cancel_change(run))
+            return Outcome(run, attempts.cancel_change(run))
         return self._watched(attempt, task)
 
     def in_flight(self) -> list[Attempt]:
@@ -96,7 +99,7 @@ class Executor:
         return list(self.running.values())
 
     def release(self, attempt: Attempt) -> Outcome:
-        return Outcome(attempt.run, runs.release_change(attempt.run))
+        return Outcome(attempt.run, attempts.release_change(attempt.run))
 
     def report(self, run: Run, kind: str, data: dict[str, Any]) -> bool:
         """A task's progress or log line, committed with its event at once; True if cancelled.
@@ -130,38 +133,42 @@ class Executor:
             message = f"attempt {run.attempt} ran longer than timeout_s={attempt.timeout}"
             return self._failed(run, task, {"type": "Timeout", "message": message})
         except AttemptCancelled:
-            return Outcome(run, runs.cancel_change(run))
+            return Outcome(run, attempts.cancel_change(run))
         except WorkerShutdown:
             return self.release(attempt)
         except Unrecoverable as exc:
-            return Outcome(run, runs.fail_change(run, error_of(exc)))
+            return Outcome(run, attempts.fail_change(run, error_of(exc)))
         except Exception as exc:
             log.info("attempt.error", extra={"run_id": run.id, "error": error_of(exc)})
             return self._failed(run, task, error_of(exc))
-        return Outcome(run, runs.finish_change(run, result))
+        return Outcome(run, attempts.finish_change(run, result))
 
     def _failed(self, run: Run, task: TaskDef, error: dict[str, str]) -> Outcome:
         if run.budget_attempt >= run.max_attempts:
-            return Outcome(run, runs.fail_change(run, error))
+            return Outcome(run, attempts.fail_change(run, error))
         policy = run.backoff if run.backoff is not None else task.backoff
         delay = backoff.delay_ms(policy, run.budget_attempt)
-        return Outcome(run, runs.retry_change(run, error, delay))
+        return Outcome(run, attempts.retry_change(run, error, delay))
 
-    def _group_commit(self, changes: list[Change]) -> list[Run | None]:
+    def _group_commit(self, changes: list[Change]) -> tuple[list[Run | None], list[Run]]:
+        """Each change's run (None if its guard refused it) and the held runs released."""
         try:
-            done = self._reconnecting(lambda conn: runs.group_commit(conn, changes))
+            committed = self._reconnecting(lambda conn: attempts.commit(conn, changes))
+            done, released = committed.done, committed.released
         except psycopg.Error:
             # One bad change must not sink the batch: apply them one by one, each on its own.
             log.exception("execute.group_commit_failed")
             self._reconnect_if_broken()
-            done = [self._single(change) for change in changes]
+            singles = [self._single(change) for change in changes]
+            done = [one.done[0] if one else None for one in singles]
+            released = [run for one in singles if one for run in one.released]
         if any(run is not None for run in done):
             self.services.nudge_relay()  # each change that went through wrote its event
-        return done
+        return done, released
 
-    def _single(self, change: Change) -> Run | None:
+    def _single(self, change: Change) -> attempts.Committed | None:
         try:
-            return runs.group_commit(self.conn, [change])[0]
+            return attempts.commit(self.conn, [change])
         except psycopg.Error:
             log.exception("execute.change_failed", extra={"change": change.query})
             self._reconnect_if_broken()
@@ -175,7 +182,9 @@ class Executor:
         unknown = list(dict.fromkeys(i for i in claim_ids if i not in known))
         if not unknown:
             return []
-        found = self._reconnecting(lambda conn: runs.claimed_by_worker(conn, unknown, self.worker))
+        found = self._reconnecting(
+            lambda conn: attempts.claimed_by_worker(conn, unknown, self.worker)
+        )
         for run in found:
             log.warning("execute.claim_recovered", extra={"run_id": run.id})
         return found
@@ -193,19 +202,21 @@ class Executor:
             self.services.pool.check()
             self.conn = self.services.pool.getconn()
 
-    def _after(self, outcomes: list[Outcome], done: list[Run | None]) -> None:
+    def _after(self, outcomes: list[Outcome], done: list[Run | None], released: list[Run]) -> None:
         """Follow-ups: a change refused because cancel was requested meanwhile ends the run
-        cancelled; runs queued again (immediate retry, hand-back) go back to Redis."""
+        cancelled; runs queued again (immediate retry, hand-back) and held runs released by
+        the slots that freed go back to Redis."""
         cancels: list[Change] = []
-        queued: list[Run] = []
+        queued: list[Run] = list(released)
         for outcome, run in zip(outcomes, done, strict=True):
             self.in_hand.pop(outcome.run.id, None)
             if run is None and outcome.change.query != "cancel_running":
-                cancels.append(runs.cancel_change(outcome.run))
+                cancels.append(attempts.cancel_change(outcome.run))
             elif run is not None and run.status is RunStatus.QUEUED:
                 queued.append(run)
         if cancels:
-            self._group_commit(cancels)
+            queued += self._group_commit(cancels)[1]
+        self.requeued = len(queued)
         if queued:
             try:
                 dispatch.enqueue(self.services.redis, self.services.keys, queued)
@@ -234,8 +245,8 @@ def while_database_away(work: Callable[[], T], recover: Callable[[], None], pati
 
 def _report(conn: runs.Conn, run: Run, kind: str, data: dict[str, Any]) -> bool:
     if kind == "progress":
-        return runs.record_progress(conn, run, data["percent"], data["message"])
-    return runs.record_log(conn, run, data["message"], data["level"])
+        return attempts.record_progress(conn, run, data["percent"], data["message"])
+    return attempts.record_log(conn, run, data["message"], data["level"])
 
 
 def error_of(exc: BaseException) -> dict[str, str]:

@@ -93,7 +93,7 @@ class WorkLoop:
                 claimed += len(attempts)
                 popped, ids = bool(ids), []
                 self._start(threads, attempts)
-                if popped:
+                if popped or self.executor.requeued:
                     idle_since = time.monotonic()
                     continue  # more may be waiting: look again before blocking
             if not in_flight:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app import runs
+from app import attempts
 from app.logs import Outage
 from app.services import REDIS_DOWN, Services
 from workers.context import Attempt
@@ -93,7 +93,7 @@ class Monitor(threading.Thread):
             return
         settings = self.services.settings
         with self.services.pool.connection() as conn:
-            cancels = runs.renew_leases(
+            cancels = attempts.renew_leases(
                 conn, list(in_hand), worker=self.executor.worker, lease_s=settings.lease_seconds
             )
         for run_id, cancel_requested in cancels.items():

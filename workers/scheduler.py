@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from app import dispatch, runs
+from app import attempts, dispatch, limits, runs
 from app.config import Settings
 from app.db import q
 from app.domain import Run, RunStatus, rfc3339
@@ -62,6 +62,7 @@ class Scheduler:
             with self.services.pool.connection() as conn:
                 self._every("sentinel", 0, lambda: self.check_sentinel(conn))
                 self.promote(conn)
+                self.release_held(conn)
                 self._every("stalls", STALL_EVERY_S, lambda: self.recover_stalled(conn))
                 self._every("sweep", SWEEP_EVERY_S, lambda: self.sweep(conn))
                 self.fire_schedules(conn)
@@ -80,7 +81,8 @@ class Scheduler:
     def _sleep(self, conn: Conn) -> float:
         """Until the next delayed run or schedule is due, at most MAX_SLEEP_S."""
         row = conn.execute(q("next_schedule_due")).fetchone()
-        dues = [due for due in (runs.next_delayed_due(conn), row and row["due"]) if due]
+        next_due = (runs.next_delayed_due(conn), row and row["due"], limits.next_release_due(conn))
+        dues = [due for due in next_due if due]
         if not dues:
             return MAX_SLEEP_S
         left = (min(dues) - datetime.now(UTC)).total_seconds()
@@ -105,10 +107,14 @@ class Scheduler:
                 break
 
     def recover_stalled(self, conn: Conn) -> None:
-        recovered = runs.recover_stalled(conn)
+        recovered, released = attempts.recover_stalled(conn)
         for run in recovered:
             log.warning("run.stalled", extra={"run_id": run.id, "status": run.status.value})
-        self.enqueue(recovered)
+        self.enqueue(recovered + released)
+
+    def release_held(self, conn: Conn) -> None:
+        """Runs held back by a rate limit whose window has reopened."""
+        self.enqueue(limits.release_due(conn))
 
     def check_sentinel(self, conn: Conn) -> None:
         """Redis emptied (restart without persistence, FLUSHALL): every queued run again, now."""
@@ -175,6 +181,7 @@ class Scheduler:
         )
 
     def retention(self, conn: Conn) -> None:
+        limits.prune_starts(conn)
         days = self.services.settings.run_retention_days
         while ids := [
             str(r["id"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter as CounterOf
+from collections.abc import Iterator
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -20,6 +22,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Every label value comes from a fixed set, whatever clients send: a label value made from
@@ -79,13 +83,16 @@ class Metrics:
             self.latency.labels(method, route).observe(time.perf_counter() - started)
         return response
 
-    def exposition(self) -> Response:
+    def exposition(self, held: list[tuple[str, str, str, int]] | None = None) -> Response:
+        """The process's metrics (all processes' under gunicorn), and the gauges read from
+        Postgres at this scrape: `held`, app.limits.held_counts (None: it could not be read)."""
         if self.registry is None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry = self.registry
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(registry) + (_held_runs(held) if held is not None else b"")
+        return Response(text, content_type=CONTENT_TYPE_LATEST)
 
 
 def request_labels(status_code: int) -> tuple[str, str, str]:
@@ -95,6 +102,33 @@ def request_labels(status_code: int) -> tuple[str, str, str]:
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     status = str(status_code) if 100 <= status_code <= 599 else OTHER
     return method, route, status
+
+
+def _held_runs(held: list[tuple[str, str, str, int]]) -> bytes:
+    """Runs queue limits hold back now, per queue and reason, summed over tenants (queue names
+    and reasons are bounded sets; tenant names stay out of an unauthenticated endpoint)."""
+    totals: CounterOf[tuple[str, str]] = CounterOf()
+    for _tenant, queue, reason, count in held:
+        totals[queue, reason] += count
+    # a metric family, not a Gauge: under gunicorn a Gauge would write a file per process
+    family = GaugeMetricFamily(
+        "runlane_runs_held",
+        "Queued runs a queue limit holds back now, by queue and reason.",
+        labels=["queue", "reason"],
+    )
+    for (queue, reason), count in sorted(totals.items()):
+        family.add_metric([queue, reason], count)
+    registry = CollectorRegistry()
+    registry.register(_Once(family))
+    return generate_latest(registry)
+
+
+class _Once(Collector):
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
 
 
 def _start_timer() -> None:

@@ -6,15 +6,18 @@ from typing import Any
 
 import psycopg
 from flask import Blueprint, Response, current_app
+from psycopg_pool import PoolTimeout
 from redis import RedisError
 
-from app import db
+from app import db, limits, logs
 from app.web.current import metrics, services
 from app.web.errors import problem
 from app.web.openapi import Reply, document, documented
 from app.web.schemas import Health
 
 READY_TIMEOUT_S = 2.0
+
+log = logs.get("runlane.web")
 
 bp = Blueprint("ops", __name__)
 
@@ -57,7 +60,13 @@ def readyz() -> Any:
     storage=False,
 )
 def metrics_view() -> Response:
-    return metrics().exposition()
+    try:
+        with services().pool.connection(timeout=1) as conn:
+            held = limits.held_counts(conn)
+    except (psycopg.Error, PoolTimeout) as exc:  # the process's own metrics still answer
+        log.warning("metrics.held_unavailable", extra={"error": str(exc)})
+        held = None
+    return metrics().exposition(held)
 
 
 @bp.get("/openapi.json")

@@ -1,4 +1,4 @@
-"""Queues as the caller sees them (counts, pauses, live workers), and the task registry."""
+"""Queues as the caller sees them (counts, pauses, limits, live workers), and the task registry."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from typing import Any
 from flask import Blueprint
 from redis import RedisError
 
-from app import dispatch, live_workers, logs, queues, runs
-from app.domain import RunStatus
+from app import dispatch, limits, live_workers, logs, queues, runs
+from app.domain import Run, RunStatus
+from app.limits import NO_LIMITS, Limits, Rate
 from app.runs import Conn
 from app.web.auth import require_tenant, tenant
-from app.web.current import services
+from app.web.current import read_json, services, validate
 from app.web.errors import ApiError
 from app.web.openapi import NAME, Reply, documented
-from app.web.schemas import NAME_PATTERN, QueueList, QueueOut, TaskList
+from app.web.schemas import NAME_PATTERN, LimitsIn, QueueList, QueueOut, RateIn, TaskList
 
 log = logs.get("runlane.web")
 
@@ -29,9 +30,30 @@ bp.before_request(require_tenant)
 def list_queues() -> dict[str, Any]:
     with services().pool.connection() as conn:
         counts, paused = queues.run_counts(conn, tenant()), queues.paused_queues(conn, tenant())
+        limited = limits.queue_limits(conn, tenant())
     workers = _live_workers()
-    names = sorted(set(counts) | paused | set(workers))
-    return {"items": [_queue(name, counts, paused, workers) for name in names]}
+    names = sorted(set(counts) | paused | set(workers) | set(limited))
+    return {"items": [_queue(name, counts, paused, workers, limited) for name in names]}
+
+
+@bp.put("/queues/<name>/limits")
+@documented(
+    "Set the caller's limits of a queue",
+    path=[NAME],
+    body=LimitsIn,
+    responses={200: Reply("The queue", QueueOut), 404: None, 422: None},
+)
+def put_limits(name: str) -> dict[str, Any]:
+    """The fields given change (null removes a limit), the others stay; they hold from the next
+    start on. Held runs the new limits let start are released at once."""
+    _check_name(name)
+    body = validate(LimitsIn, read_json())
+    changes = {field: _limit(getattr(body, field)) for field in body.model_fields_set}
+    svc = services()
+    with svc.pool.connection() as conn:
+        _, released = limits.set_limits(conn, tenant(), name, changes)
+        _dispatch(released, name)
+        return _one_queue(conn, name)
 
 
 @bp.post("/queues/<name>/pause")
@@ -60,11 +82,8 @@ def resume_queue(name: str) -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
         queued = queues.resume_queue(conn, tenant(), name)
-        try:
-            dispatch.enqueue(svc.redis, svc.keys, queued)
+        if _dispatch(queued, name):
             runs.mark_dispatched(conn, [run.id for run in queued])
-        except RedisError as exc:  # still queued in Postgres: the scheduler's sweep dispatches them
-            log.warning("resume.dispatch_failed", extra={"queue": name, "error": str(exc)})
         return _one_queue(conn, name)
 
 
@@ -85,13 +104,34 @@ def _check_name(name: str) -> None:
         raise ApiError(404, "no such queue: queue names are letters, digits, '_', '.' and '-'")
 
 
+def _dispatch(queued: list[Run], name: str) -> bool:
+    """Hand RQ runs a state change queued; False when Redis failed (they are queued in
+    Postgres: the scheduler's sweep dispatches them)."""
+    svc = services()
+    try:
+        dispatch.enqueue(svc.redis, svc.keys, queued)
+    except RedisError as exc:
+        log.warning("queue.dispatch_failed", extra={"queue": name, "error": str(exc)})
+        return False
+    return True
+
+
+def _limit(value: Any) -> Any:
+    return Rate(value.limit, value.period_s) if isinstance(value, RateIn) else value
+
+
 def _one_queue(conn: Conn, name: str) -> dict[str, Any]:
     counts = queues.run_counts(conn, tenant(), name)
-    return _queue(name, counts, queues.paused_queues(conn, tenant(), name), _live_workers())
+    paused = queues.paused_queues(conn, tenant(), name)
+    return _queue(name, counts, paused, _live_workers(), limits.queue_limits(conn, tenant(), name))
 
 
 def _queue(
-    name: str, counts: dict[str, Counter[str]], paused: set[str], workers: Counter[str]
+    name: str,
+    counts: dict[str, Counter[str]],
+    paused: set[str],
+    workers: Counter[str],
+    limited: dict[str, Limits],
 ) -> dict[str, Any]:
     by_status = counts.get(name, Counter())
     return {
@@ -99,6 +139,7 @@ def _queue(
         "paused": name in paused,
         "workers": workers[name],
         "counts": {status.value: by_status[status.value] for status in RunStatus},
+        "limits": limited.get(name, NO_LIMITS).to_json(),
     }
 
 

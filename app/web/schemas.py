@@ -100,6 +100,21 @@ class DedupeIn(Request):
         return self
 
 
+class RateIn(Request):
+    limit: Annotated[int, Field(ge=1, le=MAX_INT32), INTEGRAL]
+    period_s: float = Field(gt=0, le=TEN_YEARS_MS / 1000)
+
+
+class LimitsIn(Request):
+    """PUT /v1/queues/{name}/limits (contract §5.1): the fields given change, null removes a
+    limit, the others stay."""
+
+    concurrency: Annotated[int, Field(ge=1, le=MAX_INT32), INTEGRAL] | None = None
+    rate: RateIn | None = None
+    key_concurrency: Annotated[int, Field(ge=1, le=MAX_INT32), INTEGRAL] | None = None
+    key_rate: RateIn | None = None
+
+
 class RunCreate(Request):
     """POST /v1/runs. Validate with context={"registry": ...} to refuse unknown tasks."""
 
@@ -291,11 +306,26 @@ class QueueCounts(Response):
     cancelled: int
 
 
+class RateOut(Response):
+    limit: int
+    period_s: float
+
+
+class LimitsOut(Response):
+    """A queue's limits for the caller; null: no such limit."""
+
+    concurrency: int | None
+    rate: RateOut | None
+    key_concurrency: int | None
+    key_rate: RateOut | None
+
+
 class QueueOut(Response):
     name: str
     paused: bool
     workers: int
     counts: QueueCounts
+    limits: LimitsOut
 
 
 class QueueList(Response):

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from runlane.cli import admin, commands, dev, entry
+    from runlane.cli import admin, commands, dev, entry, limits
 
     root = argparse.ArgumentParser(
         prog="runlane",
@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     entry.register(command)
     commands.register(command)
     admin.register(command)
+    limits.register(command)
     return root
 
 

@@ -8,6 +8,8 @@ shut-down), so every variant is timed the same way. Variants:
   run.started and run.succeeded events in the outbox, and ends succeeded;
 - I/O-bound, printed apart: RunlaneWorker on demo.sleep runs of 0.05 s, one attempt at a time
   beside RUNLANE_WORKER_CONCURRENCY=50 (attempts in threads);
+- with --limits, only RunlaneWorker on demo.noop runs under no queue limits, limits that never
+  bind, and a binding one: what checking limits costs at the claim;
 - with --peers, BullMQ's Node worker on no-op jobs at concurrency 1 and 50, timed by itself from
   worker.run() to the last job completed (tests/bench/peers.py, which installs it from npm).
 Uses REDIS_URL / DATABASE_URL when set, else embedded servers. Prints medians of the rounds.
@@ -16,6 +18,7 @@ Uses REDIS_URL / DATABASE_URL when set, else embedded servers. Prints medians of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import statistics
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from redis import Redis
 from rq import Queue
 
 from app import db, dispatch, runs
+from app.limits import Limits, Rate, set_limits
 from app.redis_keys import Keys
 from tests.bench.peers import Bullmq
 from tests.bench.submit import servers
@@ -80,6 +85,7 @@ def runlane(
     task: str = "demo.noop",
     input: Any = None,
     concurrency: int = 1,
+    limits: Limits | None = None,
 ) -> float:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "RUNLANE_PREFIX": prefix}
@@ -90,8 +96,11 @@ def runlane(
     idle_cpu = CPU_SECONDS[-1]
     new = runs.NewRun("bench", task, "default", input, 5, 1, None, None, {}, None)
     with db.connect(database_url) as conn:
-        conn.execute("TRUNCATE runs, tenant_streams CASCADE")
-        made = [runs.create_run(conn, new)[0] for _ in range(jobs)]
+        conn.execute("TRUNCATE runs, tenant_streams, queue_limits, limit_starts CASCADE")
+        if limits is not None:
+            set_limits(conn, "bench", "default", dataclasses.asdict(limits) | _rates(limits))
+        keyed = [replace(new, limit_key=f"k{i % 10}") for i in range(10)]
+        made = [runs.create_run(conn, keyed[i % 10])[0] for i in range(jobs)]
     redis = Redis.from_url(redis_url)
     for start in range(0, jobs, 1000):
         dispatch.enqueue(redis, Keys(prefix), made[start : start + 1000])
@@ -108,6 +117,36 @@ def runlane(
 
 COSTS: list[tuple[float, float]] = []  # per runlane round: worker CPU ms per job, Redis commands
 
+NEVER = 10**9  # a limit no run of a benchmark reaches: what checking limits costs by itself
+LIMITS = {
+    "no limits": None,
+    "limits that never bind (all four)": Limits(NEVER, Rate(NEVER, 1.0), NEVER, Rate(NEVER, 1.0)),
+    "a binding limit (concurrency 1)": Limits(concurrency=1),
+}
+
+
+def _rates(limits: Limits) -> dict[str, Any]:
+    return {"rate": limits.rate, "key_rate": limits.key_rate}  # asdict made them dicts
+
+
+def limited(redis_url: str, database_url: str, jobs: int, rounds: int) -> dict[str, list[float]]:
+    """demo.noop runs (ten limit keys) with and without queue limits."""
+    return {
+        name: [runlane(redis_url, database_url, jobs, limits=limits) for _ in range(rounds)]
+        for name, limits in LIMITS.items()
+    }
+
+
+def print_limited(rates: dict[str, list[float]]) -> None:
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    base = medians["no limits"]
+    for name, r in rates.items():
+        cost = 100 * (1 - medians[name] / base)
+        print(
+            f"RunlaneWorker, {name:34s} {medians[name]:7.0f} jobs/s ({cost:+.0f} % cost)"
+            f"  rounds {[round(x) for x in r]}"
+        )
+
 
 def _commands(redis: Redis) -> int:
     return int(redis.info("stats")["total_commands_processed"])
@@ -120,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--io-jobs", type=int, default=3000, help="demo.sleep jobs, concurrency 50")
     parser.add_argument("--peers", action="store_true", help="BullMQ's Node worker too (--jobs)")
+    parser.add_argument("--limits", action="store_true", help="the cost of queue limits only")
     args = parser.parse_args(argv)
     bullmq = Bullmq.prepare() if args.peers else None
     with servers() as (redis_url, database_url):
         db.migrate(database_url)
+        if args.limits:
+            print_limited(limited(redis_url, database_url, args.jobs, args.rounds))
+            return 0
         results: dict[str, list[float]] = {
             "stock rq worker (fork per job)": [
                 stock(redis_url, args.stock_jobs, None) for _ in range(args.rounds)

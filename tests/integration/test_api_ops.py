@@ -80,6 +80,7 @@ CONTRACT_PATHS = {
     "/v1/queues": {"get"},
     "/v1/queues/{name}/pause": {"post"},
     "/v1/queues/{name}/resume": {"post"},
+    "/v1/queues/{name}/limits": {"put"},
     "/v1/tasks": {"get"},
     "/v1/workers": {"get"},
     "/v1/schedules": {"get", "post"},

@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from rq import Queue, Worker
 
-from app import runs
+from app import attempts
 from app.services import Services
 from tests.conftest import auth
 
@@ -45,6 +45,7 @@ def test_queues_show_the_callers_counts(client: FlaskClient, services: Services)
         "workers": 0,
         "counts": {"queued": 2, "delayed": 0, "running": 0, "succeeded": 0, "failed": 0,
                    "cancelled": 0},
+        "limits": {"concurrency": None, "rate": None, "key_concurrency": None, "key_rate": None},
     }  # fmt: skip
     assert seen["mail"]["counts"]["delayed"] == 1
     assert seen["mail"]["counts"]["cancelled"] == 1
@@ -91,7 +92,9 @@ def test_pause_and_resume_act_on_the_callers_runs_only(
 
     with services.pool.connection() as conn:  # workers refuse to start the caller's paused runs
         assert (
-            runs.group_commit(conn, [runs.claim_change(mine["id"], worker="w", lease_s=5)])[0]
+            attempts.group_commit(conn, [attempts.claim_change(mine["id"], worker="w", lease_s=5)])[
+                0
+            ]
             is None
         )
     rq_queue = Queue(services.keys.rq_queue("jobs", 5), connection=services.redis)
@@ -112,6 +115,7 @@ def test_pausing_a_queue_with_no_runs_yet(client: FlaskClient) -> None:
         "counts": dict.fromkeys(
             ("queued", "delayed", "running", "succeeded", "failed", "cancelled"), 0
         ),
+        "limits": dict.fromkeys(("concurrency", "rate", "key_concurrency", "key_rate")),
     }
     assert queues(client)["later"]["paused"] is True
 

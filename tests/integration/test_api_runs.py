@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 from rq import Queue
 
-from app import dispatch, runs, tasks
+from app import attempts, dispatch, runs, tasks
 from app.services import Services
 from tests.conftest import auth
 
@@ -291,7 +291,9 @@ def test_cancel_a_running_run_flags_it_for_the_worker(
 ) -> None:
     run = submit(client)
     with services.pool.connection() as conn:
-        assert runs.group_commit(conn, [runs.claim_change(run["id"], worker="w1", lease_s=30)])[0]
+        assert attempts.group_commit(
+            conn, [attempts.claim_change(run["id"], worker="w1", lease_s=30)]
+        )[0]
     response = client.post(f"/v1/runs/{run['id']}/cancel", headers=ALPHA)
     assert response.status_code == 200
     assert response.get_json()["status"] == "running"
@@ -303,12 +305,14 @@ def test_retry_only_failed_or_cancelled(client: FlaskClient, services: Services)
     run = submit(client, max_attempts=1)
     assert_problem(client.post(f"/v1/runs/{run['id']}/retry", headers=ALPHA), 409)
     with services.pool.connection() as conn:
-        claimed = runs.group_commit(conn, [runs.claim_change(run["id"], worker="w1", lease_s=30)])[
-            0
-        ]
+        claimed = attempts.group_commit(
+            conn, [attempts.claim_change(run["id"], worker="w1", lease_s=30)]
+        )[0]
         assert claimed is not None
         assert_problem(client.post(f"/v1/runs/{run['id']}/retry", headers=ALPHA), 409)
-        runs.group_commit(conn, [runs.fail_change(claimed, {"type": "Boom", "message": "boom"})])
+        attempts.group_commit(
+            conn, [attempts.fail_change(claimed, {"type": "Boom", "message": "boom"})]
+        )
     services.redis.delete(f"rq:queue:{services.keys.rq_queue('default', 5)}")
 
     retried = client.post(f"/v1/runs/{run['id']}/retry", headers=ALPHA)
@@ -327,12 +331,12 @@ def test_retry_only_failed_or_cancelled(client: FlaskClient, services: Services)
 def test_events_history(client: FlaskClient, services: Services) -> None:
     run = submit(client)
     with services.pool.connection() as conn:
-        claimed = runs.group_commit(conn, [runs.claim_change(run["id"], worker="w1", lease_s=30)])[
-            0
-        ]
+        claimed = attempts.group_commit(
+            conn, [attempts.claim_change(run["id"], worker="w1", lease_s=30)]
+        )[0]
         assert claimed is not None
-        runs.record_progress(conn, claimed, 50, "half")
-        runs.group_commit(conn, [runs.finish_change(claimed, {"ok": True})])
+        attempts.record_progress(conn, claimed, 50, "half")
+        attempts.group_commit(conn, [attempts.finish_change(claimed, {"ok": True})])
 
     def events(**query: Any) -> list[dict[str, Any]]:
         response = client.get(f"/v1/runs/{run['id']}/events", query_string=query, headers=ALPHA)

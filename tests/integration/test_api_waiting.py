@@ -9,7 +9,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from redis import Redis
 
-from app import runs
+from app import attempts
 from app.services import Services
 from app.waiting import ServedQueues
 from runlane.embedded import free_port
@@ -78,11 +78,13 @@ def test_between_attempts_a_run_waits_for_its_backoff(
 ) -> None:
     run = post(client, max_attempts=3, backoff={"type": "fixed", "delay_ms": 60_000})
     with services.pool.connection() as conn:
-        [claimed] = runs.group_commit(conn, [runs.claim_change(run["id"], worker="w", lease_s=30)])
+        [claimed] = attempts.group_commit(
+            conn, [attempts.claim_change(run["id"], worker="w", lease_s=30)]
+        )
         assert claimed is not None
         assert waiting(client, run["id"]) is None, "a running run does not wait"
         error = {"type": "E", "message": "boom"}
-        runs.group_commit(conn, [runs.retry_change(claimed, error, 60_000)])
+        attempts.group_commit(conn, [attempts.retry_change(claimed, error, 60_000)])
     backoff = waiting(client, run["id"])
     assert backoff["reason"] == "backoff"
     assert datetime.fromisoformat(backoff["until"]) > datetime.fromisoformat(run["created_at"])

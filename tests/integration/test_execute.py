@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from app import dispatch, runs
+from app import attempts, dispatch, runs
 from app.config import Settings
 from app.domain import Event, Run, RunStatus
 from app.runs import NewRun
@@ -220,7 +220,9 @@ def test_a_claim_whose_commit_lost_its_reply_is_still_run_once(services, test_se
     try:
         # the commit went through, but Postgres dropped the connection before it answered
         with services.pool.connection() as conn:
-            runs.group_commit(conn, [runs.claim_change(run.id, worker=executor.worker, lease_s=30)])
+            attempts.group_commit(
+                conn, [attempts.claim_change(run.id, worker=executor.worker, lease_s=30)]
+            )
         kill_backend(services, executor.conn.info.backend_pid)
         claimed = executor.commit([], [run.id])
         assert [attempt.run.id for attempt in claimed] == [run.id]

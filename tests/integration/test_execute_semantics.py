@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from app import dispatch, runs
+from app import attempts, dispatch, runs
 from app.db import q
 from app.domain import RunStatus
 from tests.helpers import wait_for
@@ -240,9 +240,9 @@ def test_stalled_attempt_requeued_without_spending_an_attempt_then_fails(
     for _ in range(2):  # a worker claims it and dies: its lease is never renewed
         redis.delete(*redis.keys(f"rq:queue:{test_settings.prefix}*"))
         with services.pool.connection() as conn:
-            assert runs.group_commit(conn, [runs.claim_change(run.id, worker="dead", lease_s=0.2)])[
-                0
-            ]
+            assert attempts.group_commit(
+                conn, [attempts.claim_change(run.id, worker="dead", lease_s=0.2)]
+            )[0]
 
         def recovered() -> bool:
             scheduler.tick()
@@ -261,7 +261,7 @@ def test_stalled_run_recovered_then_succeeds(services, test_settings, redis):
     run = submit(services, "demo.noop")
     redis.delete(*redis.keys(f"rq:queue:{test_settings.prefix}*"))
     with services.pool.connection() as conn:
-        runs.group_commit(conn, [runs.claim_change(run.id, worker="dead", lease_s=0.2)])
+        attempts.group_commit(conn, [attempts.claim_change(run.id, worker="dead", lease_s=0.2)])
     with SchedulerThread(services):
         work_until(test_settings, redis, terminal(services, run.id))
     done = load(services, run.id)

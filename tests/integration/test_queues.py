@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from app import queues, runs
+from app import attempts, queues, runs
 from app.domain import Run
 from app.runs import Conn, NewRun
 from app.services import Services
@@ -39,7 +39,7 @@ def create(conn: Conn, **fields: object) -> Run:
 
 def claim(conn: Conn, run: Run) -> Run | None:
     """A worker's claim of the run's next attempt (None: refused)."""
-    return runs.group_commit(conn, [runs.claim_change(run.id, worker="w", lease_s=30)])[0]
+    return attempts.group_commit(conn, [attempts.claim_change(run.id, worker="w", lease_s=30)])[0]
 
 
 def test_a_pause_is_the_tenants_own_and_pausing_twice_is_one_pause(conn: Conn) -> None:

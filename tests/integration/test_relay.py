@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from redis import Redis
 
-from app import db, runs
+from app import attempts, db, runs
 from app.config import Settings
 from app.domain import rfc3339
 from app.redis_keys import Keys
@@ -67,8 +67,8 @@ def test_a_batch_goes_to_run_and_tenant_streams(conn, redis, keys, settings) -> 
 
 def test_history_and_the_streams_carry_the_same_bytes(conn, redis, keys, settings) -> None:
     run = started_run(conn)
-    runs.record_log(conn, run, 'naïve ☃ "quoted"', "info")  # what json.dumps would escape
-    runs.group_commit(conn, [runs.finish_change(run, {"ratio": 0.1, "n": [1, None]})])
+    attempts.record_log(conn, run, 'naïve ☃ "quoted"', "info")  # what json.dumps would escape
+    attempts.group_commit(conn, [attempts.finish_change(run, {"ratio": 0.1, "n": [1, None]})])
     make_relay(settings, redis, keys).publish_batch(conn)
 
     live = [fields[b"event"].decode() for _, fields in redis.xrange(keys.run_stream(run.id))]
@@ -145,7 +145,7 @@ def test_terminal_event_sets_the_stream_retention(conn, redis, keys, settings) -
     run = started_run(conn)
     make_relay(settings, redis, keys).publish_batch(conn)
     assert redis.ttl(keys.run_stream(run.id)) == -1
-    runs.group_commit(conn, [runs.finish_change(run, {"ok": True})])
+    attempts.group_commit(conn, [attempts.finish_change(run, {"ok": True})])
     make_relay(settings, redis, keys).publish_batch(conn)
     assert 3500 < redis.ttl(keys.run_stream(run.id)) <= 3600
 
@@ -161,7 +161,7 @@ def test_per_run_order_holds_with_concurrent_commits(database_url, conn, redis, 
     def write(run: runs.Run) -> None:
         with db.connect(database_url) as own:
             emit_progress(own, run, 150)
-            runs.group_commit(own, [runs.finish_change(run, None)])
+            attempts.group_commit(own, [attempts.finish_change(run, None)])
 
     writers = [threading.Thread(target=write, args=(run,)) for run in targets * 2]
     for thread in writers:
@@ -214,7 +214,7 @@ def test_two_relays_one_publishes_and_the_other_takes_over(conn, redis, keys, se
 def test_redis_emptied_streams_are_rebuilt(conn, redis, keys, settings) -> None:
     live, ended = started_run(conn), started_run(conn, "beta")
     emit_progress(conn, live, 2)
-    runs.group_commit(conn, [runs.finish_change(ended, None)])
+    attempts.group_commit(conn, [attempts.finish_change(ended, None)])
     relay = make_relay(settings, redis, keys)
     relay.ensure_epoch(conn)
     relay.publish_batch(conn)

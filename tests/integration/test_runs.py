@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from app import db, runs
+from app import attempts, db, runs
 from app.domain import RunStatus, rfc3339
 
 
@@ -36,9 +36,9 @@ def new_run(**overrides: Any) -> runs.NewRun:
     return runs.NewRun(**{**fields, **overrides})
 
 
-def commit(conn: psycopg.Connection[Any], change: runs.Change) -> runs.Run | None:
+def commit(conn: psycopg.Connection[Any], change: attempts.Change) -> runs.Run | None:
     """One change of an attempt, committed as a worker commits a group of them."""
-    [done] = runs.group_commit(conn, [change])
+    [done] = attempts.group_commit(conn, [change])
     return done
 
 
@@ -65,10 +65,10 @@ def test_the_same_key_in_another_tenant_is_another_run(conn: psycopg.Connection[
 
 def test_a_duplicate_claim_is_a_no_op(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    claimed = commit(conn, runs.claim_change(run.id, worker="w1", lease_s=10))
+    claimed = commit(conn, attempts.claim_change(run.id, worker="w1", lease_s=10))
 
     assert claimed is not None and claimed.attempt == 1 and claimed.status is RunStatus.RUNNING
-    assert commit(conn, runs.claim_change(run.id, worker="w2", lease_s=10)) is None
+    assert commit(conn, attempts.claim_change(run.id, worker="w2", lease_s=10)) is None
     assert event_types(conn, run.id) == ["run.queued", "run.started"]
 
 
@@ -78,7 +78,7 @@ def test_concurrent_claims_start_one_attempt(database_url: str, conn: Any) -> No
 
     def claim(name: str) -> None:
         with db.connect(database_url) as own:
-            results.append(commit(own, runs.claim_change(run.id, worker=name, lease_s=10)))
+            results.append(commit(own, attempts.claim_change(run.id, worker=name, lease_s=10)))
 
     threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
     for thread in threads:
@@ -92,14 +92,14 @@ def test_concurrent_claims_start_one_attempt(database_url: str, conn: Any) -> No
 
 def test_retry_then_success_numbers_events_without_gaps(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    first = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    first = commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10))
     assert first is not None
-    runs.record_progress(conn, first, 50, "half")
-    retried = commit(conn, runs.retry_change(first, {"type": "ValueError", "message": "x"}, 0))
+    attempts.record_progress(conn, first, 50, "half")
+    retried = commit(conn, attempts.retry_change(first, {"type": "ValueError", "message": "x"}, 0))
     assert retried is not None and retried.status is RunStatus.QUEUED
-    second = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    second = commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10))
     assert second is not None and second.attempt == 2
-    done = commit(conn, runs.finish_change(second, {"ok": True}))
+    done = commit(conn, attempts.finish_change(second, {"ok": True}))
 
     assert done is not None and done.status is RunStatus.SUCCEEDED and done.result == {"ok": True}
     events = runs.list_events(conn, run.id)
@@ -116,12 +116,12 @@ def test_retry_then_success_numbers_events_without_gaps(conn: psycopg.Connection
 
 def test_a_stale_attempt_cannot_finish_a_newer_one(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    first = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    first = commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10))
     assert first is not None
-    commit(conn, runs.retry_change(first, {"type": "E", "message": ""}, 0))
-    assert commit(conn, runs.claim_change(run.id, worker="w", lease_s=10)) is not None
+    commit(conn, attempts.retry_change(first, {"type": "E", "message": ""}, 0))
+    assert commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10)) is not None
 
-    assert commit(conn, runs.finish_change(first, "late")) is None
+    assert commit(conn, attempts.finish_change(first, "late")) is None
     assert runs.get_run(conn, "alpha", run.id).status is RunStatus.RUNNING
 
 
@@ -137,14 +137,14 @@ def test_cancel_waiting_run_at_once_and_terminal_conflicts(conn: psycopg.Connect
 
 def test_cancel_of_a_running_attempt_waits_for_the_worker(conn: psycopg.Connection[Any]) -> None:
     run, _ = runs.create_run(conn, new_run())
-    attempt = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    attempt = commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10))
     assert attempt is not None
 
     still_running = runs.request_cancel(conn, "alpha", run.id)
     assert still_running.status is RunStatus.RUNNING
-    assert runs.renew_leases(conn, [run.id], worker="w", lease_s=10) == {run.id: True}
-    assert commit(conn, runs.finish_change(attempt, "done anyway")) is None
-    ended = commit(conn, runs.cancel_change(attempt))
+    assert attempts.renew_leases(conn, [run.id], worker="w", lease_s=10) == {run.id: True}
+    assert commit(conn, attempts.finish_change(attempt, "done anyway")) is None
+    ended = commit(conn, attempts.cancel_change(attempt))
     assert ended is not None and ended.status is RunStatus.CANCELLED
 
 
@@ -152,13 +152,13 @@ def test_a_released_attempt_is_queued_again_without_spending_an_attempt(
     conn: psycopg.Connection[Any],
 ) -> None:
     run, _ = runs.create_run(conn, new_run())
-    claimed = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    claimed = commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10))
     assert claimed is not None
 
-    released = commit(conn, runs.release_change(claimed))
+    released = commit(conn, attempts.release_change(claimed))
     assert released is not None and released.status is RunStatus.QUEUED
     assert (released.attempt, released.started_at, released.last_seq) == (0, None, 3)
-    assert commit(conn, runs.finish_change(claimed, "late")) is None  # its attempt is gone
+    assert commit(conn, attempts.finish_change(claimed, "late")) is None  # its attempt is gone
     assert event_types(conn, run.id) == ["run.queued", "run.started", "run.queued"]
 
 
@@ -167,13 +167,17 @@ def test_several_changes_commit_together_each_with_its_event(
 ) -> None:
     a, _ = runs.create_run(conn, new_run())
     b, _ = runs.create_run(conn, new_run())
-    claims = [runs.claim_change(r.id, worker="w", lease_s=10) for r in (a, b, a)]
+    claims = [attempts.claim_change(r.id, worker="w", lease_s=10) for r in (a, b, a)]
 
-    first, second, duplicate = runs.group_commit(conn, claims)
+    first, second, duplicate = attempts.group_commit(conn, claims)
     assert first is not None and second is not None and duplicate is None
-    assert runs.record_log(conn, first, "hello", "info") is False
-    done = runs.group_commit(
-        conn, [runs.finish_change(first, 1), runs.fail_change(second, {"type": "E", "message": ""})]
+    assert attempts.record_log(conn, first, "hello", "info") is False
+    done = attempts.group_commit(
+        conn,
+        [
+            attempts.finish_change(first, 1),
+            attempts.fail_change(second, {"type": "E", "message": ""}),
+        ],
     )
     assert [r.status if r else None for r in done] == [RunStatus.SUCCEEDED, RunStatus.FAILED]
     assert event_types(conn, a.id) == ["run.queued", "run.started", "run.log", "run.succeeded"]
@@ -185,22 +189,22 @@ def test_a_batch_of_claims_and_finishes_answers_each_change_in_its_place(
 ) -> None:
     made = [runs.create_run(conn, new_run())[0] for _ in range(6)]
     order = [made[i] for i in (4, 1, 5, 0, 3, 2)]  # not the order of the ids or of creation
-    claimed = runs.group_commit(
-        conn, [runs.claim_change(r.id, worker="w", lease_s=9) for r in order]
+    claimed = attempts.group_commit(
+        conn, [attempts.claim_change(r.id, worker="w", lease_s=9) for r in order]
     )
     assert [r.id if r else None for r in claimed] == [r.id for r in order]
     started = [r.started_at for r in claimed if r]
     assert started == sorted(started) and len(set(started)) == 6, "started_at follows the list"
     first, second, third, *rest = (r for r in claimed if r)
-    stale = runs.finish_change(replace(third, attempt=7), "never")
+    stale = attempts.finish_change(replace(third, attempt=7), "never")
     changes = [
-        runs.finish_change(first, {"n": 1}),
+        attempts.finish_change(first, {"n": 1}),
         stale,
-        runs.fail_change(second, {"type": "E", "message": "x"}),
-        runs.finish_change(third, [3]),
-        *(runs.finish_change(r, i) for i, r in enumerate(rest)),
+        attempts.fail_change(second, {"type": "E", "message": "x"}),
+        attempts.finish_change(third, [3]),
+        *(attempts.finish_change(r, i) for i, r in enumerate(rest)),
     ]
-    done = runs.group_commit(conn, changes)
+    done = attempts.group_commit(conn, changes)
     assert [(r.id, r.status, r.result) if r else None for r in done] == [
         (first.id, RunStatus.SUCCEEDED, {"n": 1}),
         None,
@@ -225,9 +229,9 @@ def test_manual_retry_only_from_failed_or_cancelled(conn: psycopg.Connection[Any
     run, _ = runs.create_run(conn, new_run(max_attempts=1))
     with pytest.raises(runs.RunConflict):
         runs.retry_run(conn, "alpha", run.id)
-    attempt = commit(conn, runs.claim_change(run.id, worker="w", lease_s=10))
+    attempt = commit(conn, attempts.claim_change(run.id, worker="w", lease_s=10))
     assert attempt is not None
-    commit(conn, runs.fail_change(attempt, {"type": "E", "message": "boom"}))
+    commit(conn, attempts.fail_change(attempt, {"type": "E", "message": "boom"}))
 
     again = runs.retry_run(conn, "alpha", run.id)
     assert again.status is RunStatus.QUEUED and again.error is None
@@ -259,12 +263,12 @@ def test_first_stall_requeues_without_spending_an_attempt_second_fails(
     conn: psycopg.Connection[Any],
 ) -> None:
     run, _ = runs.create_run(conn, new_run())
-    assert commit(conn, runs.claim_change(run.id, worker="w", lease_s=0)) is not None
+    assert commit(conn, attempts.claim_change(run.id, worker="w", lease_s=0)) is not None
 
-    [requeued] = runs.recover_stalled(conn)
+    [requeued] = attempts.recover_stalled(conn)[0]
     assert requeued.status is RunStatus.QUEUED and requeued.attempt == 0
-    assert commit(conn, runs.claim_change(run.id, worker="w", lease_s=0)) is not None
-    [failed] = runs.recover_stalled(conn)
+    assert commit(conn, attempts.claim_change(run.id, worker="w", lease_s=0)) is not None
+    [failed] = attempts.recover_stalled(conn)[0]
 
     assert failed.status is RunStatus.FAILED and failed.error == {
         "type": "Stalled",

@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 from redis import Redis
 
-from app import db, runs
+from app import attempts, db, runs
 from app.config import Settings
 from app.redis_keys import Keys
 from app.web.streams import GAP, Entry, Follower, StreamHub, follow_run, follow_tenant, tenant_top
@@ -111,7 +111,7 @@ def test_follow_run_delivers_history_then_live_once_in_order(conn, pool, hub, re
 
     def finish_later() -> None:
         emit_progress(conn, run, 20)
-        runs.group_commit(conn, [runs.finish_change(run, {"ok": 1})])
+        attempts.group_commit(conn, [attempts.finish_change(run, {"ok": 1})])
 
     threading.Timer(0.2, finish_later).start()
     got = collect(follower)
@@ -128,7 +128,7 @@ def test_follow_run_fills_a_gap_in_the_stream_from_postgres(conn, pool, hub, red
     started = time.monotonic()
     got.append(next(follower))
     assert time.monotonic() - started < 0.8  # filled on seeing 6, not by the idle poll
-    runs.group_commit(conn, [runs.finish_change(run, None)])
+    attempts.group_commit(conn, [attempts.finish_change(run, None)])
     got += [e for e in follower if e is not None]
     assert [e.number for e in got] == list(range(1, 8))
 
@@ -136,7 +136,9 @@ def test_follow_run_fills_a_gap_in_the_stream_from_postgres(conn, pool, hub, red
 def test_follow_run_without_a_relay_polls_postgres(conn, pool, hub) -> None:
     run = started_run(conn)
     follower = follow_run(pool, hub, run.id, after=0, last_seq=2)
-    threading.Timer(0.3, lambda: runs.group_commit(conn, [runs.finish_change(run, None)])).start()
+    threading.Timer(
+        0.3, lambda: attempts.group_commit(conn, [attempts.finish_change(run, None)])
+    ).start()
     got = collect(follower, timeout=10)
     assert [e.number for e in got] == [1, 2, 3]
 
@@ -149,7 +151,7 @@ def test_follow_run_survives_redis_being_emptied(conn, pool, hub, redis, keys, r
     wait_flushed(conn, redis, keys, run.id)
     redis.delete(*redis.keys(f"{keys.prefix}:*"))
     emit_progress(conn, run, 3)
-    runs.group_commit(conn, [runs.finish_change(run, None)])
+    attempts.group_commit(conn, [attempts.finish_change(run, None)])
     got += [e for e in follower if e is not None]
     assert [e.number for e in got] == list(range(1, 10))
 
@@ -184,7 +186,7 @@ def test_follow_tenant_says_gap_when_events_after_the_cursor_were_deleted(
 
 def test_follow_run_of_a_finished_run_ends_at_once_from_its_last_event_on(conn, pool, hub) -> None:
     run = started_run(conn)
-    runs.group_commit(conn, [runs.finish_change(run, None)])  # seq 3, the last
+    attempts.group_commit(conn, [attempts.finish_change(run, None)])  # seq 3, the last
     for after in (3, 10):
         follower = follow_run(pool, hub, run.id, after=after, last_seq=3, terminal=True)
         started = time.monotonic()

@@ -58,15 +58,18 @@ LIMIT %(limit)s;
 -- "(status = 'queued') IS TRUE" hides the guard from the planner's partial-index matching: with
 -- stale statistics (a bulk of runs just queued) it would scan every queued run's entry of
 -- runs_queued_dispatch_idx for each claim instead of looking the ids up by primary key.
-UPDATE runs SET status = 'running', attempt = attempt + 1,
+-- Queue limits decide first (runlane_admit, migration 0007): it passes each list place a run
+-- to claim, which for a limited queue may be a held run ahead of the one popped there;
+-- claim_place says which place each claimed run took.
+UPDATE runs SET status = 'running', attempt = attempt + 1, held = NULL, held_until = NULL,
                 started_at = (SELECT clock_timestamp()) + make_interval(secs => (w.i - 1) / 1e6),
                 worker = %(worker)s, last_seq = last_seq + 1,
                 lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS w(id, i)
+FROM runlane_admit(%(ids)s::uuid[]) AS w(id, i)
 WHERE runs.id = w.id AND (status = 'queued') IS TRUE AND cancel_requested_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM queue_pauses p
                   WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
-RETURNING runs.*, 'run.started' AS event_type,
+RETURNING runs.*, w.i AS claim_place, 'run.started' AS event_type,
           jsonb_build_object('attempt', attempt, 'worker', worker) AS event_data;
 
 -- name: claimed_by_worker
@@ -217,6 +220,7 @@ RETURNING id, tenant, queue, last_seq, 'run.stalled' AS event_type,
 SELECT * FROM runs
 WHERE status = 'queued'
   AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => %(older_than_s)s))
+  AND (held IS NULL OR held = 'released')  -- a held run is not in Redis: a freed slot releases it
   AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
 ORDER BY priority, scheduled_for
 LIMIT %(limit)s;

@@ -1,0 +1,476 @@
+-- Queue limits (contract §5.1), enforced in Postgres at the claim: a tenant's queue may cap how
+-- many of its attempts run at once and how many start per window, in all and per limit_key.
+--
+-- A run a limit holds back stays queued and leaves Redis: `held` says why (the waiting reason),
+-- so nothing polls for it. A slot freeing (an attempt ends, a stall is recovered, a limit is
+-- raised) marks the next held runs 'released' in that same transaction and the caller
+-- enqueues them; a window reopening is the scheduler's, at queue_limits.release_at. Runs are
+-- released and admitted in priority then FIFO order: a popped run with an admissible held run
+-- ahead of it gives its claim to that run and is held itself. A released run counts as taking
+-- a slot until it starts, so a newcomer cannot take the slot it was released into.
+--
+-- Admissions to one queue serialise on its queue_limits row (FOR UPDATE, in (tenant, queue)
+-- order, so workers never deadlock); each check reads a fresh snapshot after taking that lock.
+CREATE TABLE queue_limits (
+    tenant            text NOT NULL,
+    queue             text NOT NULL,
+    concurrency       integer CHECK (concurrency >= 1),
+    rate_limit        integer CHECK (rate_limit >= 1),
+    rate_period_s     double precision CHECK (rate_period_s > 0),
+    key_concurrency   integer CHECK (key_concurrency >= 1),
+    key_rate_limit    integer CHECK (key_rate_limit >= 1),
+    key_rate_period_s double precision CHECK (key_rate_period_s > 0),
+    -- when a run held by a rate limit may start: the scheduler releases the queue then
+    release_at        timestamptz,
+    PRIMARY KEY (tenant, queue),
+    CHECK ((rate_limit IS NULL) = (rate_period_s IS NULL)),
+    CHECK ((key_rate_limit IS NULL) = (key_rate_period_s IS NULL))
+);
+CREATE INDEX queue_limits_release_idx ON queue_limits (release_at) WHERE release_at IS NOT NULL;
+
+-- The starts a rate limit counts, numbered per queue (key '') and per limit key: a window is
+-- full when the start `limit` places back is younger than the period, which is one index
+-- lookup however high the limit. The scheduler deletes starts older than every window.
+CREATE TABLE limit_starts (
+    tenant text NOT NULL,
+    queue  text NOT NULL,
+    key    text NOT NULL,
+    n      bigint NOT NULL,
+    at     timestamptz NOT NULL,
+    PRIMARY KEY (tenant, queue, key, n)
+);
+
+ALTER TABLE runs ADD COLUMN held text;  -- a waiting reason, or 'released' (on its way to a worker)
+ALTER TABLE runs ADD COLUMN held_until timestamptz;  -- a rate limit's next slot
+CREATE INDEX runs_running_key_idx ON runs (tenant, queue, limit_key)
+    WHERE status = 'running' AND limit_key IS NOT NULL;
+CREATE INDEX runs_held_idx ON runs (tenant, queue, priority, scheduled_for, id)
+    WHERE status = 'queued' AND held IS NOT NULL AND held <> 'released';
+CREATE INDEX runs_held_key_idx ON runs (tenant, queue, limit_key, priority, scheduled_for, id)
+    WHERE status = 'queued' AND held IS NOT NULL AND held <> 'released' AND limit_key IS NOT NULL;
+CREATE INDEX runs_released_idx ON runs (tenant, queue, limit_key)
+    WHERE status = 'queued' AND held = 'released';
+
+-- Lock the limits of the queues of these runs, in one order.
+CREATE FUNCTION runlane_lock_limits(ids uuid[]) RETURNS void LANGUAGE sql AS $$
+    SELECT NULL FROM (
+        SELECT 1 FROM queue_limits l
+        WHERE (l.tenant, l.queue) IN (SELECT r.tenant, r.queue FROM runs r WHERE r.id = ANY(ids))
+        ORDER BY l.tenant, l.queue
+        FOR UPDATE OF l
+    ) locked LIMIT 0;
+$$;
+
+-- NULL when one more start fits in the window of `period_s`, beside `pending` starts to come;
+-- else when it will (plus a millisecond: the start's event is written a moment after this).
+CREATE FUNCTION runlane_rate_slot(of_tenant text, of_queue text, of_key text, lim integer,
+                                  period_s double precision, pending integer, at timestamptz)
+    RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    latest bigint;
+    edge timestamptz;
+    span interval := make_interval(secs => period_s) + interval '1 millisecond';
+BEGIN
+    IF pending >= lim THEN
+        RETURN at + span;
+    END IF;
+    SELECT s.n INTO latest FROM limit_starts s
+    WHERE s.tenant = of_tenant AND s.queue = of_queue AND s.key = of_key
+    ORDER BY s.n DESC LIMIT 1;
+    IF latest IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT s.at INTO edge FROM limit_starts s
+    WHERE s.tenant = of_tenant AND s.queue = of_queue AND s.key = of_key
+      AND s.n = latest - lim + 1 + pending;
+    IF edge IS NOT NULL AND edge + span > at THEN
+        RETURN edge + span;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION runlane_record_start(of_tenant text, of_queue text, of_key text,
+                                     started timestamptz) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO limit_starts (tenant, queue, key, n, at)
+    SELECT of_tenant, of_queue, of_key, COALESCE(max(s.n), 0) + 1, started FROM limit_starts s
+    WHERE s.tenant = of_tenant AND s.queue = of_queue AND s.key = of_key;
+$$;
+
+-- Admission counts each queue's and each limit key's slots once per call, then keeps them in a
+-- jsonb map: group -> [taken, pending]. taken = running + released (+ admitted in this call);
+-- pending = released runs whose starts a rate limit has yet to count. A group is
+-- "tenant<US>queue", a key's "tenant<US>queue<US>key" (US: the unit separator, E'\x1f').
+CREATE FUNCTION runlane_count_slots(counts jsonb, lim queue_limits, of_key text) RETURNS jsonb
+    LANGUAGE plpgsql AS $$
+DECLARE
+    g text := lim.tenant || E'\x1f' || lim.queue;
+    running integer;
+    released integer;
+BEGIN
+    IF NOT counts ? g THEN
+        SELECT count(*) INTO running FROM (
+            SELECT 1 FROM runs r
+            WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'running'
+            LIMIT COALESCE(lim.concurrency, 0)) s;
+        SELECT count(*) INTO released FROM runs r
+        WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
+          AND r.held = 'released';
+        counts := counts || jsonb_build_object(g, jsonb_build_array(running + released, released));
+    END IF;
+    IF of_key IS NOT NULL AND NOT counts ? (g || E'\x1f' || of_key) THEN
+        SELECT count(*) INTO running FROM (
+            SELECT 1 FROM runs r
+            WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.limit_key = of_key
+              AND r.status = 'running' AND r.limit_key IS NOT NULL
+            LIMIT COALESCE(lim.key_concurrency, 0)) s;
+        SELECT count(*) INTO released FROM runs r
+        WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.limit_key = of_key
+          AND r.status = 'queued' AND r.held = 'released';
+        counts := counts || jsonb_build_object(g || E'\x1f' || of_key,
+                                               jsonb_build_array(running + released, released));
+    END IF;
+    RETURN counts;
+END $$;
+
+-- Add to a queue's slots (and its key's): one more taken, one fewer pending, ...
+CREATE FUNCTION runlane_add_slots(counts jsonb, lim queue_limits, of_key text, taken integer,
+                                  pending integer) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    g text := lim.tenant || E'\x1f' || lim.queue;
+BEGIN
+    counts := jsonb_set(counts, ARRAY[g], jsonb_build_array(
+        (counts -> g ->> 0)::integer + taken, (counts -> g ->> 1)::integer + pending));
+    IF of_key IS NOT NULL THEN
+        g := g || E'\x1f' || of_key;
+        counts := jsonb_set(counts, ARRAY[g], jsonb_build_array(
+            (counts -> g ->> 0)::integer + taken, (counts -> g ->> 1)::integer + pending));
+    END IF;
+    RETURN counts;
+END $$;
+
+-- Why a run of this queue with limit key of_key may not start now (reason NULL: it may).
+-- `released`: the run is itself a released one, already counted among the slots.
+CREATE FUNCTION runlane_verdict(counts jsonb, lim queue_limits, of_key text, released boolean,
+                                at timestamptz, OUT reason text, OUT until timestamptz)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    g text := lim.tenant || E'\x1f' || lim.queue;
+    self integer := CASE WHEN released THEN 1 ELSE 0 END;
+    q jsonb := counts -> g;
+    k jsonb := CASE WHEN of_key IS NOT NULL THEN counts -> (g || E'\x1f' || of_key) END;
+BEGIN
+    IF lim.concurrency IS NOT NULL AND (q ->> 0)::integer - self >= lim.concurrency THEN
+        reason := 'concurrency_limited';
+        RETURN;
+    END IF;
+    IF k IS NOT NULL AND lim.key_concurrency IS NOT NULL
+       AND (k ->> 0)::integer - self >= lim.key_concurrency THEN
+        reason := 'key_concurrency_limited';
+        RETURN;
+    END IF;
+    IF lim.rate_limit IS NOT NULL THEN
+        until := runlane_rate_slot(lim.tenant, lim.queue, '', lim.rate_limit, lim.rate_period_s,
+                                   (q ->> 1)::integer - self, at);
+        IF until IS NOT NULL THEN
+            reason := 'rate_limited';
+            RETURN;
+        END IF;
+    END IF;
+    IF k IS NOT NULL AND lim.key_rate_limit IS NOT NULL THEN
+        until := runlane_rate_slot(lim.tenant, lim.queue, of_key, lim.key_rate_limit,
+                                   lim.key_rate_period_s, (k ->> 1)::integer - self, at);
+        IF until IS NOT NULL THEN
+            reason := 'key_rate_limited';
+        END IF;
+    END IF;
+END $$;
+
+-- A run admitted: it takes a slot (a released one had its slot already) and a rate counts it.
+CREATE FUNCTION runlane_admitted(counts jsonb, lim queue_limits, of_key text, released boolean,
+                                 at timestamptz) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    IF lim.rate_limit IS NOT NULL THEN
+        PERFORM runlane_record_start(lim.tenant, lim.queue, '', at);
+    END IF;
+    IF of_key IS NOT NULL AND lim.key_rate_limit IS NOT NULL THEN
+        PERFORM runlane_record_start(lim.tenant, lim.queue, of_key, at);
+    END IF;
+    IF released THEN
+        RETURN runlane_add_slots(counts, lim, of_key, 0, -1);
+    END IF;
+    RETURN runlane_add_slots(counts, lim, of_key, 1, 0);
+END $$;
+
+-- Whether every run of `ids` in this queue may start now, far from any limit: no run of the
+-- queue is held (order would matter) and the whole batch fits every limit. If so, their starts
+-- are recorded at once; the usual case costs a few index lookups per queue and batch, not per run.
+CREATE FUNCTION runlane_admit_all(lim queue_limits, ids uuid[]) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    batch integer;
+    running integer;
+    cap integer := GREATEST(COALESCE(lim.concurrency, 0), COALESCE(lim.key_concurrency, 0));
+    k record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM runs r
+               WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
+                 AND r.held IS NOT NULL AND r.held <> 'released')
+       OR EXISTS (SELECT 1 FROM runs r
+                  WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
+                    AND r.held = 'released') THEN
+        RETURN false;
+    END IF;
+    SELECT count(*) INTO batch FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
+    WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued';
+    IF cap > 0 THEN
+        SELECT count(*) INTO running FROM (
+            SELECT 1 FROM runs r
+            WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'running'
+            LIMIT cap) s;
+        -- a key has at most the queue's running attempts and the whole batch
+        IF running + batch > LEAST(lim.concurrency, lim.key_concurrency) THEN
+            RETURN false;
+        END IF;
+    END IF;
+    IF lim.rate_limit IS NOT NULL AND runlane_rate_slot(lim.tenant, lim.queue, '', lim.rate_limit,
+                                                        lim.rate_period_s, batch - 1, at)
+                                      IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    IF lim.key_rate_limit IS NOT NULL THEN
+        FOR k IN
+            SELECT r.limit_key, count(*)::integer AS n
+            FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
+            WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
+              AND r.limit_key IS NOT NULL
+            GROUP BY r.limit_key
+        LOOP
+            IF runlane_rate_slot(lim.tenant, lim.queue, k.limit_key, lim.key_rate_limit,
+                                 lim.key_rate_period_s, k.n - 1, at) IS NOT NULL THEN
+                RETURN false;
+            END IF;
+        END LOOP;
+    END IF;
+    IF lim.rate_limit IS NOT NULL THEN
+        INSERT INTO limit_starts (tenant, queue, key, n, at)
+        SELECT lim.tenant, lim.queue, '', b.base + i, at
+        FROM (SELECT COALESCE(max(s.n), 0) AS base FROM limit_starts s
+              WHERE s.tenant = lim.tenant AND s.queue = lim.queue AND s.key = '') b,
+             generate_series(1, batch) AS i;
+    END IF;
+    IF lim.key_rate_limit IS NOT NULL THEN
+        INSERT INTO limit_starts (tenant, queue, key, n, at)
+        SELECT lim.tenant, lim.queue, keyed.key, COALESCE(b.base, 0) + keyed.i, at
+        FROM (SELECT r.limit_key AS key, row_number() OVER (PARTITION BY r.limit_key) AS i
+              FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
+              WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
+                AND r.limit_key IS NOT NULL) keyed
+        CROSS JOIN LATERAL (SELECT max(s.n) AS base FROM limit_starts s
+                            WHERE s.tenant = lim.tenant AND s.queue = lim.queue
+                              AND s.key = keyed.key) b;
+    END IF;
+    RETURN true;
+END $$;
+
+-- The claim's admission: of the runs a worker popped (in order), those that may start, each
+-- with its place in the list. Runs of queues without limits (and runs the claim will refuse
+-- anyway: not queued, paused) pass through, and so do those of a queue whose limits the whole
+-- batch fits (runlane_admit_all). Otherwise run by run: a run a limit holds back is marked
+-- held; a run with an admissible held run ahead of it gives that run its place, and is held.
+-- ROWS: the claim joins this to runs by primary key; the default estimate (1000) would have
+-- the planner scan runs instead.
+CREATE FUNCTION runlane_admit(ids uuid[]) RETURNS TABLE (run_id uuid, place bigint)
+    LANGUAGE plpgsql ROWS 16 AS $$
+DECLARE
+    c record;
+    h record;
+    lim queue_limits;
+    v record;
+    pick uuid;
+    counts jsonb := '{}';
+    one_by_one text[] := '{}';  -- the queues whose runs are admitted run by run
+    at timestamptz;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM queue_limits) THEN
+        RETURN QUERY SELECT w.id, w.i FROM unnest(ids) WITH ORDINALITY AS w(id, i);
+        RETURN;
+    END IF;
+    PERFORM runlane_lock_limits(ids);
+    FOR lim IN
+        SELECT l.* FROM queue_limits l
+        WHERE (l.tenant, l.queue) IN (SELECT r.tenant, r.queue FROM runs r WHERE r.id = ANY(ids))
+          AND NOT runlane_queue_paused(l.tenant, l.queue)
+    LOOP
+        IF NOT runlane_admit_all(lim, ids) THEN
+            one_by_one := one_by_one || (lim.tenant || E'\x1f' || lim.queue);
+        END IF;
+    END LOOP;
+    FOR c IN
+        SELECT w.id, w.i, r.tenant, r.queue, r.limit_key, r.status, r.priority, r.scheduled_for,
+               r.held IS NOT DISTINCT FROM 'released' AS released
+        FROM unnest(ids) WITH ORDINALITY AS w(id, i) LEFT JOIN runs r ON r.id = w.id
+        ORDER BY w.i
+    LOOP
+        IF c.status IS DISTINCT FROM 'queued'
+           OR NOT (c.tenant || E'\x1f' || c.queue) = ANY(one_by_one) THEN
+            run_id := c.id;
+            place := c.i;
+            RETURN NEXT;  -- the claim's own guards decide
+            CONTINUE;
+        END IF;
+        SELECT * INTO lim FROM queue_limits l WHERE l.tenant = c.tenant AND l.queue = c.queue;
+        at := clock_timestamp();
+        counts := runlane_count_slots(counts, lim, c.limit_key);
+        pick := NULL;
+        FOR h IN
+            SELECT r.id, r.limit_key FROM runs r
+            WHERE r.tenant = c.tenant AND r.queue = c.queue AND r.status = 'queued'
+              AND r.held IS NOT NULL AND r.held <> 'released'
+              AND (r.priority, r.scheduled_for, r.id) < (c.priority, c.scheduled_for, c.id)
+            ORDER BY r.priority, r.scheduled_for, r.id
+            LIMIT 20
+        LOOP
+            counts := runlane_count_slots(counts, lim, h.limit_key);
+            v := runlane_verdict(counts, lim, h.limit_key, false, at);
+            IF v.reason IS NULL THEN
+                pick := h.id;
+                counts := runlane_admitted(counts, lim, h.limit_key, false, at);
+                EXIT;
+            END IF;
+            EXIT WHEN v.reason IN ('concurrency_limited', 'rate_limited');  -- the queue is full
+        END LOOP;
+        v := runlane_verdict(counts, lim, c.limit_key, c.released, at);
+        IF pick IS NULL AND v.reason IS NULL THEN
+            counts := runlane_admitted(counts, lim, c.limit_key, c.released, at);
+            run_id := c.id;
+            place := c.i;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- held: why it waits; 'queued' when it only gave its place to a run ahead of it
+        UPDATE runs r SET held = COALESCE(v.reason, 'queued'), held_until = v.until
+        WHERE r.id = c.id;
+        IF c.released THEN
+            counts := runlane_add_slots(counts, lim, c.limit_key, -1, -1);
+        END IF;
+        IF v.until IS NOT NULL OR v.reason IS NULL THEN  -- a slot then (or free now): release it
+            UPDATE queue_limits l SET release_at = LEAST(l.release_at, COALESCE(v.until, at))
+            WHERE l.tenant = c.tenant AND l.queue = c.queue;
+        END IF;
+        IF pick IS NOT NULL THEN
+            run_id := pick;
+            place := c.i;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END $$;
+
+-- A slot of a tenant's queue may have freed: the held runs that may start now are marked
+-- 'released', in priority then FIFO order, and returned for the caller to enqueue. `keys`: the
+-- limit keys whose slots freed, whose own held runs are looked at beside the queue's first.
+CREATE FUNCTION runlane_release_group(of_tenant text, of_queue text, keys text[])
+    RETURNS SETOF runs LANGUAGE plpgsql AS $$
+DECLARE
+    lim queue_limits;
+    c record;
+    v record;
+    counts jsonb := '{}';
+    at timestamptz := clock_timestamp();
+    next_at timestamptz;
+    freed runs;
+BEGIN
+    IF runlane_queue_paused(of_tenant, of_queue) THEN
+        RETURN;  -- resuming dispatches every queued run of the queue
+    END IF;
+    SELECT * INTO lim FROM queue_limits l
+    WHERE l.tenant = of_tenant AND l.queue = of_queue FOR UPDATE;
+    IF NOT FOUND THEN  -- its limits were removed: every held run goes
+        RETURN QUERY
+            WITH gone AS (
+                UPDATE runs r SET held = 'released', held_until = NULL, dispatched_at = now()
+                WHERE r.id IN (SELECT h.id FROM runs h
+                               WHERE h.tenant = of_tenant AND h.queue = of_queue
+                                 AND h.status = 'queued' AND h.held IS NOT NULL
+                                 AND h.held <> 'released'
+                               ORDER BY h.priority, h.scheduled_for, h.id LIMIT 1000)
+                RETURNING r.*
+            )
+            SELECT * FROM gone ORDER BY gone.priority, gone.scheduled_for, gone.id;
+        RETURN;
+    END IF;
+    FOR c IN
+        SELECT h.id, h.limit_key FROM (
+            (SELECT r.id, r.limit_key, r.priority, r.scheduled_for FROM runs r
+             WHERE r.tenant = of_tenant AND r.queue = of_queue AND r.status = 'queued'
+               AND r.held IS NOT NULL AND r.held <> 'released'
+             ORDER BY r.priority, r.scheduled_for, r.id LIMIT 100)
+            UNION
+            (SELECT r.id, r.limit_key, r.priority, r.scheduled_for
+             FROM unnest(keys) AS k(key) CROSS JOIN LATERAL (
+                 SELECT r.id, r.limit_key, r.priority, r.scheduled_for FROM runs r
+                 WHERE r.tenant = of_tenant AND r.queue = of_queue AND r.limit_key = k.key
+                   AND r.status = 'queued' AND r.held IS NOT NULL AND r.held <> 'released'
+                   AND r.limit_key IS NOT NULL
+                 ORDER BY r.priority, r.scheduled_for, r.id LIMIT 10) r)
+        ) h ORDER BY h.priority, h.scheduled_for, h.id
+    LOOP
+        counts := runlane_count_slots(counts, lim, c.limit_key);
+        v := runlane_verdict(counts, lim, c.limit_key, false, at);
+        IF v.reason IS NULL THEN
+            counts := runlane_add_slots(counts, lim, c.limit_key, 1, 1);
+            UPDATE runs r SET held = 'released', held_until = NULL, dispatched_at = now()
+            WHERE r.id = c.id RETURNING r.* INTO freed;
+            RETURN NEXT freed;
+        ELSE
+            next_at := LEAST(next_at, v.until);
+            EXIT WHEN v.reason IN ('concurrency_limited', 'rate_limited');  -- the queue is full
+        END IF;
+    END LOOP;
+    UPDATE queue_limits l SET release_at = next_at
+    WHERE l.tenant = of_tenant AND l.queue = of_queue AND l.release_at IS DISTINCT FROM next_at;
+END $$;
+
+-- After attempts ended (`freed`), in the transaction that ended them: release what their slots
+-- let start. `claiming`: the runs the same transaction claims next, whose queues' limits are
+-- locked here too, so that every lock a group commit takes is taken in one order.
+CREATE FUNCTION runlane_release(freed uuid[], claiming uuid[]) RETURNS SETOF runs
+    LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM queue_limits)
+       AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.status = 'queued' AND r.held IS NOT NULL
+                                              AND r.held <> 'released') THEN
+        RETURN;
+    END IF;
+    PERFORM runlane_lock_limits(freed || claiming);
+    FOR g IN
+        SELECT r.tenant, r.queue,
+               array_agg(DISTINCT r.limit_key) FILTER (WHERE r.limit_key IS NOT NULL) AS keys
+        FROM runs r WHERE r.id = ANY(freed) AND r.status <> 'running'
+        GROUP BY r.tenant, r.queue ORDER BY r.tenant, r.queue
+    LOOP
+        IF EXISTS (SELECT 1 FROM runs r
+                   WHERE r.tenant = g.tenant AND r.queue = g.queue AND r.status = 'queued'
+                     AND r.held IS NOT NULL AND r.held <> 'released') THEN
+            RETURN QUERY SELECT * FROM runlane_release_group(g.tenant, g.queue,
+                                                             COALESCE(g.keys, '{}'));
+        END IF;
+    END LOOP;
+END $$;
+
+-- The scheduler's: queues whose rate windows have reopened for a held run.
+CREATE FUNCTION runlane_release_due() RETURNS SETOF runs LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN
+        SELECT l.tenant, l.queue FROM queue_limits l
+        WHERE l.release_at <= clock_timestamp()
+        ORDER BY l.tenant, l.queue
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        RETURN QUERY SELECT * FROM runlane_release_group(g.tenant, g.queue, '{}');
+    END LOOP;
+END $$;
