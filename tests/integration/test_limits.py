@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from app import attempts, limits, runs
@@ -192,3 +193,13 @@ def test_a_batch_far_from_its_limits_is_admitted_whole_and_its_starts_counted(
     claimed = claim(conn, late_a, late_b)
     assert ids(claimed) == [None, late_b.id]  # a's window is full, b's is not
     assert held(conn, late_a)[0] == "key_rate_limited"
+
+
+def test_an_admission_holds_its_queues_limits_locked(conn: Conn, services: Services) -> None:
+    """Admissions to one queue serialise: another transaction cannot lock its limits meanwhile."""
+    limits.set_limits(conn, "alpha", "default", {"concurrency": 2})
+    run = create(conn)
+    with services.pool.connection() as other, conn.transaction():
+        conn.execute("SELECT * FROM runlane_admit(%s::uuid[])", ([run.id],)).fetchall()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute("SELECT * FROM queue_limits FOR UPDATE NOWAIT")

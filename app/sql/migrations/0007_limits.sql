@@ -51,15 +51,15 @@ CREATE INDEX runs_held_key_idx ON runs (tenant, queue, limit_key, priority, sche
 CREATE INDEX runs_released_idx ON runs (tenant, queue, limit_key)
     WHERE status = 'queued' AND held = 'released';
 
--- Lock the limits of the queues of these runs, in one order.
-CREATE FUNCTION runlane_lock_limits(ids uuid[]) RETURNS void LANGUAGE sql AS $$
-    SELECT NULL FROM (
-        SELECT 1 FROM queue_limits l
-        WHERE (l.tenant, l.queue) IN (SELECT r.tenant, r.queue FROM runs r WHERE r.id = ANY(ids))
-        ORDER BY l.tenant, l.queue
-        FOR UPDATE OF l
-    ) locked LIMIT 0;
-$$;
+-- Lock the limits of the queues of these runs, in one order. PERFORM reads every row (a
+-- LIMIT 0 around the locking query would never run it, and so lock nothing).
+CREATE FUNCTION runlane_lock_limits(ids uuid[]) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM queue_limits l
+    WHERE (l.tenant, l.queue) IN (SELECT r.tenant, r.queue FROM runs r WHERE r.id = ANY(ids))
+    ORDER BY l.tenant, l.queue
+    FOR UPDATE OF l;
+END $$;
 
 -- NULL when one more start fits in the window of `period_s`, beside `pending` starts to come;
 -- else when it will (plus a millisecond: the start's event is written a moment after this).
