@@ -17,6 +17,8 @@ import pytest
 import requests
 from redis.client import Pipeline
 
+from app.runs import NewRun
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -152,3 +154,20 @@ def count_round_trips(
 
     monkeypatch.setattr(ports.redis, "execute_command", one)
     monkeypatch.setattr(Pipeline, "execute", pipeline)
+
+
+def new_run(**fields: Any) -> NewRun:
+    """What a submit of demo.echo by tenant alpha to queue default asks for, changed by `fields`."""
+    defaults: dict[str, Any] = {
+        "tenant": "alpha",
+        "task": "demo.echo",
+        "queue": "default",
+        "input": None,
+        "priority": 5,
+        "max_attempts": 1,
+        "backoff": None,
+        "timeout_s": None,
+        "metadata": {},
+        "scheduled_for": None,
+    }
+    return NewRun(**(defaults | fields))

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
 from app import attempts, queues, runs
 from app.domain import Run
-from app.runs import Conn, NewRun
+from app.runs import Conn
 from app.services import Services
-
-NEW = NewRun(
-    tenant="alpha",
-    task="demo.echo",
-    queue="default",
-    input=None,
-    priority=5,
-    max_attempts=1,
-    backoff=None,
-    timeout_s=None,
-    metadata={},
-    scheduled_for=None,
-)
+from tests.helpers import new_run
 
 
 @pytest.fixture
@@ -33,7 +20,7 @@ def conn(services: Services) -> Iterator[Conn]:
 
 
 def create(conn: Conn, **fields: object) -> Run:
-    run, _ = runs.create_run(conn, replace(NEW, **fields))
+    run, _ = runs.create_run(conn, new_run(**fields))
     return run
 
 
