@@ -164,15 +164,17 @@ CREATE TABLE queue_limits (
 );
 CREATE INDEX queue_limits_release_idx ON queue_limits (release_at) WHERE release_at IS NOT NULL;
 
--- The starts a rate limit counts, numbered per queue (key '') and per limit key: a window is
--- full when the start `limit` places back is younger than the period, which is one index
--- lookup however high the limit. The scheduler deletes starts older than every window.
+-- The starts a rate limit counts, numbered per queue (key '') and per limit key, a row per
+-- batch of starts made at one moment: a window is full when the start `limit` places back is
+-- younger than the period, which is one index lookup however high the limit. The scheduler
+-- deletes starts older than every window.
 CREATE TABLE limit_starts (
     tenant text NOT NULL,
     queue  text NOT NULL,
     key    text NOT NULL,
-    n      bigint NOT NULL,
+    n      bigint NOT NULL,  -- the number of the row's last start
     at     timestamptz NOT NULL,
+    count  integer NOT NULL DEFAULT 1 CHECK (count >= 1),  -- starts made at `at`, up to n
     PRIMARY KEY (tenant, queue, key, n)
 );
 
@@ -197,12 +199,15 @@ END $$;
 
 -- NULL when one more start fits in the window of `period_s`, beside `pending` starts to come;
 -- else when it will (plus a millisecond: the start's event is written a moment after this).
-CREATE FUNCTION runlane_rate_slot(of_tenant text, of_queue text, of_key text, lim integer,
-                                  period_s double precision, pending integer, at timestamptz)
+CREATE FUNCTION runlane_rate_slot(of_tenant text, of_queue text, of_key text,
+                                             lim integer, period_s double precision,
+                                             pending integer, at timestamptz)
     RETURNS timestamptz LANGUAGE plpgsql AS $$
 DECLARE
     latest bigint;
+    target bigint;  -- the number of the start `lim` places back, counting those to come
     edge timestamptz;
+    first bigint;
     span interval := make_interval(secs => period_s) + interval '1 millisecond';
 BEGIN
     IF pending >= lim THEN
@@ -211,13 +216,15 @@ BEGIN
     SELECT s.n INTO latest FROM limit_starts s
     WHERE s.tenant = of_tenant AND s.queue = of_queue AND s.key = of_key
     ORDER BY s.n DESC LIMIT 1;
-    IF latest IS NULL THEN
+    target := latest - lim + 1 + pending;
+    IF target IS NULL OR target < 1 THEN
         RETURN NULL;
     END IF;
-    SELECT s.at INTO edge FROM limit_starts s
-    WHERE s.tenant = of_tenant AND s.queue = of_queue AND s.key = of_key
-      AND s.n = latest - lim + 1 + pending;
-    IF edge IS NOT NULL AND edge + span > at THEN
+    SELECT s.at, s.n - s.count + 1 INTO edge, first FROM limit_starts s
+    WHERE s.tenant = of_tenant AND s.queue = of_queue AND s.key = of_key AND s.n >= target
+    ORDER BY s.n LIMIT 1;
+    -- a row that starts after the target: the target's row was pruned, older than any window
+    IF edge IS NOT NULL AND first <= target AND edge + span > at THEN
         RETURN edge + span;
     END IF;
     RETURN NULL;
@@ -337,15 +344,17 @@ END $$;
 
 -- Whether every run of `ids` in this queue may start now, far from any limit: no run of the
 -- queue is held (order would matter) and the whole batch fits every limit. If so, their starts
--- are recorded at once; the usual case costs a few index lookups per queue and batch, not per run.
+-- are recorded at once, a row per queue and per limit key: the usual case costs a few index
+-- lookups per queue and batch, not per run.
 CREATE FUNCTION runlane_admit_all(lim queue_limits, ids uuid[]) RETURNS boolean
     LANGUAGE plpgsql AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     batch integer;
+    keys text[];
+    sizes integer[];
     running integer;
     cap integer := GREATEST(COALESCE(lim.concurrency, 0), COALESCE(lim.key_concurrency, 0));
-    k record;
 BEGIN
     IF EXISTS (SELECT 1 FROM runs r
                WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
@@ -355,8 +364,16 @@ BEGIN
                     AND r.held = 'released') THEN
         RETURN false;
     END IF;
-    SELECT count(*) INTO batch FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
-    WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued';
+    SELECT COALESCE(sum(g.n), 0), array_agg(g.key) FILTER (WHERE g.key IS NOT NULL),
+           array_agg(g.n) FILTER (WHERE g.key IS NOT NULL)
+    INTO batch, keys, sizes
+    FROM (SELECT r.limit_key AS key, count(*)::integer AS n
+          FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
+          WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
+          GROUP BY r.limit_key) g;
+    IF batch = 0 THEN
+        RETURN true;  -- none of them will start (the claim's guards refuse them)
+    END IF;
     IF cap > 0 THEN
         SELECT count(*) INTO running FROM (
             SELECT 1 FROM runs r
@@ -373,36 +390,26 @@ BEGIN
         RETURN false;
     END IF;
     IF lim.key_rate_limit IS NOT NULL THEN
-        FOR k IN
-            SELECT r.limit_key, count(*)::integer AS n
-            FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
-            WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
-              AND r.limit_key IS NOT NULL
-            GROUP BY r.limit_key
-        LOOP
-            IF runlane_rate_slot(lim.tenant, lim.queue, k.limit_key, lim.key_rate_limit,
-                                 lim.key_rate_period_s, k.n - 1, at) IS NOT NULL THEN
+        FOR i IN 1 .. COALESCE(array_length(keys, 1), 0) LOOP
+            IF runlane_rate_slot(lim.tenant, lim.queue, keys[i], lim.key_rate_limit,
+                                 lim.key_rate_period_s, sizes[i] - 1, at) IS NOT NULL THEN
                 RETURN false;
             END IF;
         END LOOP;
     END IF;
     IF lim.rate_limit IS NOT NULL THEN
-        INSERT INTO limit_starts (tenant, queue, key, n, at)
-        SELECT lim.tenant, lim.queue, '', b.base + i, at
-        FROM (SELECT COALESCE(max(s.n), 0) AS base FROM limit_starts s
-              WHERE s.tenant = lim.tenant AND s.queue = lim.queue AND s.key = '') b,
-             generate_series(1, batch) AS i;
+        INSERT INTO limit_starts (tenant, queue, key, n, count, at)
+        SELECT lim.tenant, lim.queue, '', COALESCE(b.base, 0) + batch, batch, at
+        FROM (SELECT max(s.n) AS base FROM limit_starts s
+              WHERE s.tenant = lim.tenant AND s.queue = lim.queue AND s.key = '') b;
     END IF;
-    IF lim.key_rate_limit IS NOT NULL THEN
-        INSERT INTO limit_starts (tenant, queue, key, n, at)
-        SELECT lim.tenant, lim.queue, keyed.key, COALESCE(b.base, 0) + keyed.i, at
-        FROM (SELECT r.limit_key AS key, row_number() OVER (PARTITION BY r.limit_key) AS i
-              FROM unnest(ids) AS w(id) JOIN runs r ON r.id = w.id
-              WHERE r.tenant = lim.tenant AND r.queue = lim.queue AND r.status = 'queued'
-                AND r.limit_key IS NOT NULL) keyed
+    IF lim.key_rate_limit IS NOT NULL AND keys IS NOT NULL THEN
+        INSERT INTO limit_starts (tenant, queue, key, n, count, at)
+        SELECT lim.tenant, lim.queue, k.key, COALESCE(b.base, 0) + k.n, k.n, at
+        FROM unnest(keys, sizes) AS k(key, n)
         CROSS JOIN LATERAL (SELECT max(s.n) AS base FROM limit_starts s
                             WHERE s.tenant = lim.tenant AND s.queue = lim.queue
-                              AND s.key = keyed.key) b;
+                              AND s.key = k.key) b;
     END IF;
     RETURN true;
 END $$;
@@ -430,16 +437,22 @@ BEGIN
         RETURN QUERY SELECT w.id, w.i FROM unnest(ids) WITH ORDINALITY AS w(id, i);
         RETURN;
     END IF;
-    PERFORM runlane_lock_limits(ids);
+    -- each row is locked as the loop reaches it, in (tenant, queue) order, and what is read of
+    -- the queue after that is read afresh
     FOR lim IN
         SELECT l.* FROM queue_limits l
         WHERE (l.tenant, l.queue) IN (SELECT r.tenant, r.queue FROM runs r WHERE r.id = ANY(ids))
-          AND NOT runlane_queue_paused(l.tenant, l.queue)
+        ORDER BY l.tenant, l.queue
+        FOR UPDATE OF l
     LOOP
-        IF NOT runlane_admit_all(lim, ids) THEN
+        IF NOT runlane_queue_paused(lim.tenant, lim.queue) AND NOT runlane_admit_all(lim, ids) THEN
             one_by_one := one_by_one || (lim.tenant || E'\x1f' || lim.queue);
         END IF;
     END LOOP;
+    IF cardinality(one_by_one) = 0 THEN  -- the usual case: every batch fits its limits
+        RETURN QUERY SELECT w.id, w.i FROM unnest(ids) WITH ORDINALITY AS w(id, i);
+        RETURN;
+    END IF;
     FOR c IN
         SELECT w.id, w.i, r.tenant, r.queue, r.limit_key, r.status, r.priority, r.scheduled_for,
                r.held IS NOT DISTINCT FROM 'released' AS released
@@ -579,6 +592,10 @@ BEGIN
         RETURN;
     END IF;
     PERFORM runlane_lock_limits(freed || claiming);
+    IF NOT EXISTS (SELECT 1 FROM runs r WHERE r.status = 'queued' AND r.held IS NOT NULL
+                                          AND r.held <> 'released') THEN
+        RETURN;  -- the usual case, read afresh under the locks: nothing is held anywhere
+    END IF;
     FOR g IN
         SELECT r.tenant, r.queue,
                array_agg(DISTINCT r.limit_key) FILTER (WHERE r.limit_key IS NOT NULL) AS keys

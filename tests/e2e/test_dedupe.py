@@ -45,9 +45,10 @@ def run(base: str, run_id: str) -> Any:
     return requests.get(f"{base}/v1/runs/{run_id}", headers=HEADERS, timeout=10).json()
 
 
-@pytest.mark.parametrize(
-    "dedupe", [{"key": "k"}, {"key": "t", "ttl_s": 600}, {"key": "d", "debounce_ms": 1500}]
-)
+MODES = [{"key": "k"}, {"key": "t", "ttl_s": 600}, {"key": "d", "debounce_ms": 1500}]
+
+
+@pytest.mark.parametrize("dedupe", MODES)
 def test_twenty_concurrent_submits_over_two_webs_make_one_run(
     bases: list[str], dedupe: dict[str, Any]
 ) -> None:
@@ -63,12 +64,17 @@ def test_twenty_concurrent_submits_over_two_webs_make_one_run(
     assert [r["id"] for r in listed] == list(ids)
 
 
-def test_the_key_holds_after_redis_is_emptied(bases: list[str], redis: Redis, prefix: str) -> None:
-    first = submit(bases[0], queue="nobody-serves-this", dedupe={"key": "k"}).json()
+@pytest.mark.parametrize("dedupe", MODES)
+def test_the_key_holds_after_redis_is_emptied(
+    bases: list[str], redis: Redis, prefix: str, dedupe: dict[str, Any]
+) -> None:
+    first = submit(bases[0], queue="nobody-serves-this", dedupe=dedupe).json()
     keys = list(redis.scan_iter(match=f"{prefix}*")) + list(redis.scan_iter(match=f"rq:*{prefix}*"))
+    assert keys  # the submit did write to Redis, so emptying it is a real loss
     redis.delete(*keys)
-    again = submit(bases[1], queue="nobody-serves-this", dedupe={"key": "k"})
+    again = submit(bases[1], queue="nobody-serves-this", dedupe=dedupe)
     assert (again.status_code, again.json()["id"]) == (200, first["id"])
+    assert again.headers.get("Deduplicated") == "true"
 
 
 def test_a_debounced_burst_runs_once_with_the_last_input(bases: list[str]) -> None:

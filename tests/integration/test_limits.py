@@ -173,13 +173,31 @@ def test_a_batch_far_from_its_limits_is_admitted_whole_and_its_starts_counted(
     batch = [create(conn, limit_key="a") for _ in range(3)] + [create(conn, limit_key="b")]
     assert None not in claim(conn, *batch)
     starts = conn.execute(
-        "SELECT key, count(*) AS n FROM limit_starts GROUP BY key ORDER BY key"
+        "SELECT key, sum(count) AS n, count(*) AS rows FROM limit_starts GROUP BY key ORDER BY key"
     ).fetchall()
-    assert [(row["key"], row["n"]) for row in starts] == [("", 4), ("a", 3), ("b", 1)]
+    assert [(row["key"], row["n"], row["rows"]) for row in starts] == [
+        ("", 4, 1),
+        ("a", 3, 1),
+        ("b", 1, 1),
+    ]  # a row per queue and key for the batch
     late_a, late_b = create(conn, limit_key="a"), create(conn, limit_key="b")
     claimed = claim(conn, late_a, late_b)
     assert ids(claimed) == [None, late_b.id]  # a's window is full, b's is not
     assert held(conn, late_a)[0] == "key_rate_limited"
+
+
+def test_a_window_counts_right_after_older_batches_of_starts_are_pruned(conn: Conn) -> None:
+    """A batch's starts share a row: once a row is pruned, a window is read from the rows left."""
+    limits.set_limits(conn, "alpha", "default", {"rate": Rate(2, 60)})
+    assert None not in claim(conn, create(conn), create(conn))  # one row: starts 1 and 2
+    conn.execute("UPDATE limit_starts SET at = at - interval '2 minutes'")  # out of the window
+    assert None not in claim(conn, create(conn))  # start 3
+    limits.prune_starts(conn)  # the row of starts 1 and 2 goes
+    assert conn.execute("SELECT n, count FROM limit_starts").fetchall() == [{"n": 3, "count": 1}]
+    assert None not in claim(conn, create(conn))  # start 4: the window holds only start 3
+    late = create(conn)
+    assert claim(conn, late) == [None]  # starts 3 and 4 fill the window
+    assert held(conn, late)[0] == "rate_limited"
 
 
 def test_an_admission_holds_its_queues_limits_locked(conn: Conn, services: Services) -> None:
