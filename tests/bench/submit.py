@@ -94,9 +94,13 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def load(args: argparse.Namespace, base: str, token: str, run_id: str = "x") -> dict[str, Any]:
+def load(
+    args: argparse.Namespace, base: str, token: str, run_id: str | None = None
+) -> dict[str, Any]:
+    """Drive POST /v1/runs; `run_id` goes into each Idempotency-Key, new for each call unless
+    given, so that a second round against one API (--url) submits new runs, not replays."""
     if args.generator == "wrk" or (args.generator == "auto" and wrk.available()):
-        return wrk.drive(base, token, args.clients, args.seconds, run_id)
+        return wrk.drive(base, token, args.clients, args.seconds, run_id or uuid.uuid4().hex[:8])
     result = drive(base, token, args.clients, args.seconds, args.warmup)
     latencies = result.pop("latencies")
     assert isinstance(latencies, list)

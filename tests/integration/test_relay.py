@@ -109,6 +109,29 @@ def test_a_crash_between_xadd_and_marking_publishes_nothing_twice(conn, redis, k
     assert tseqs(conn, "alpha") == list(range(1, 9))  # numbers given once are kept
 
 
+def test_events_sent_but_not_marked_are_found_by_index_among_many(conn, redis, keys, settings):
+    """The relay's look for numbered, unmarked events (which it makes whenever a mark overlaps
+    the next batch) reads each tenant's range of run_events_tenant_tseq_idx, not every event."""
+    run = started_run(conn)
+    conn.execute(
+        "INSERT INTO run_events (run_id, seq, type, data, tenant, queue)"
+        " SELECT %s, 2 + g, 'run.progress', '{}', 'alpha', 'default'"
+        " FROM generate_series(1, 5000) AS g",
+        (run.id,),
+    )
+    conn.execute("UPDATE runs SET last_seq = 5002 WHERE id = %s", (run.id,))
+    relay = make_relay(settings, redis, keys)
+    while relay.publish_batch(conn):
+        pass
+    conn.execute("UPDATE tenant_streams SET published_tseq = published_tseq - 2")  # unmarked
+    conn.execute("ANALYZE run_events")
+    plan = conn.execute(
+        "EXPLAIN " + db.q("relay_take_batch"), {"skip": [], "limit": 2000}
+    ).fetchall()
+    assert not [row for row in plan if "Seq Scan on run_events" in row["QUERY PLAN"]], plan
+    assert [event.tseq for event in take_batch(conn)] == [5001, 5002]
+
+
 def test_after_a_crash_small_batches_resend_in_order_and_never_pass_an_unsent_event(
     conn, redis, keys, settings
 ):

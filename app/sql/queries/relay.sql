@@ -9,10 +9,19 @@
 -- stream (tenant_streams is bumped in the same statement, so tseq stays contiguous per tenant and
 -- its row lock serialises concurrent relays). Each event comes rendered as the JSON clients get
 -- (by runlane_event_json, as every read of history renders it; Postgres renders it faster).
+-- The numbered ones are read tenant by tenant from run_events_tenant_tseq_idx: a join of the
+-- two tables would have the planner scan every event ever written.
 WITH pending AS (
-    SELECT e.id FROM tenant_streams ts
-    JOIN run_events e ON e.tenant = ts.tenant AND e.tseq > ts.published_tseq
-    WHERE ts.last_tseq > ts.published_tseq AND e.id <> ALL(%(skip)s::bigint[])
+    SELECT e.* FROM tenant_streams ts CROSS JOIN LATERAL (
+        SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
+               runlane_event_json(e) AS event
+        FROM run_events e
+        WHERE e.tenant = ts.tenant AND e.tseq > ts.published_tseq AND e.tseq <= ts.last_tseq
+          AND e.id <> ALL(%(skip)s::bigint[])
+        ORDER BY e.tseq
+        LIMIT %(limit)s
+    ) e
+    WHERE ts.last_tseq > ts.published_tseq
     ORDER BY e.tenant, e.tseq
     LIMIT %(limit)s
 ), batch AS (
@@ -41,9 +50,7 @@ WITH pending AS (
 )
 SELECT * FROM numbered
 UNION ALL
-SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
-       runlane_event_json(e) AS event
-FROM run_events e JOIN pending p ON p.id = e.id
+SELECT * FROM pending
 ORDER BY tenant, tseq;
 
 -- name: relay_mark_published

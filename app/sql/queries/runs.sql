@@ -61,12 +61,16 @@ LIMIT %(limit)s;
 -- Queue limits decide first (runlane_admit, migration 0007): it passes each list place a run
 -- to claim, which for a limited queue may be a held run ahead of the one popped there;
 -- claim_place says which place each claimed run took.
+-- runs.id = ANY(...) gives the planner the primary key to look the runs up by: a join alone to
+-- the function's rows (or to unnest) has it scan the whole table when its statistics are stale.
+WITH w AS MATERIALIZED (SELECT * FROM runlane_admit(%(ids)s::uuid[]) AS a(id, i))
 UPDATE runs SET status = 'running', attempt = attempt + 1, held = NULL, held_until = NULL,
                 started_at = (SELECT clock_timestamp()) + make_interval(secs => (w.i - 1) / 1e6),
                 worker = %(worker)s, last_seq = last_seq + 1,
                 lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-FROM runlane_admit(%(ids)s::uuid[]) AS w(id, i)
-WHERE runs.id = w.id AND (status = 'queued') IS TRUE AND cancel_requested_at IS NULL
+FROM w
+WHERE runs.id = ANY(ARRAY(SELECT w.id FROM w)) AND runs.id = w.id
+  AND (status = 'queued') IS TRUE AND cancel_requested_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM queue_pauses p
                   WHERE p.tenant = runs.tenant AND p.queue = runs.queue)
 RETURNING runs.*, w.i AS claim_place, 'run.started' AS event_type,
@@ -107,7 +111,8 @@ RETURNING id, tenant, queue, last_seq, cancel_requested_at,
 UPDATE runs SET status = 'succeeded', result = f.result, finished_at = now(),
                 lease_expires_at = NULL, last_seq = last_seq + 1
 FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(results)s::jsonb[]) AS f(id, attempt, result)
-WHERE runs.id = f.id AND (runs.status = 'running') IS TRUE AND runs.attempt = f.attempt
+WHERE runs.id = ANY(%(ids)s::uuid[]) AND runs.id = f.id  -- ANY: as in claim_attempt
+  AND (runs.status = 'running') IS TRUE AND runs.attempt = f.attempt
   AND runs.cancel_requested_at IS NULL
 RETURNING runs.*, 'run.succeeded' AS event_type,
           jsonb_build_object('result', runs.result) AS event_data;
