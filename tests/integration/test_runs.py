@@ -288,3 +288,22 @@ def _in(seconds: float) -> Any:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def test_a_batch_claim_looks_its_runs_up_by_primary_key_with_stale_statistics(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Runs just queued in bulk (statistics not yet analysed) must not turn a batch claim into a
+    scan of the whole table, once for each run of the batch."""
+    conn.execute(
+        "INSERT INTO runs (id, tenant, task, queue, status, dispatched_at)"
+        " SELECT gen_random_uuid(), 'alpha', 'demo.echo', 'default', 'queued', now()"
+        " FROM generate_series(1, 3000)"
+    )
+    ids = [row["id"] for row in conn.execute("SELECT id FROM runs LIMIT 128").fetchall()]
+    params = {"ids": ids, "worker": "w1", "lease_s": 30}
+    plan = [row["QUERY PLAN"] for row in conn.execute("EXPLAIN " + db.q("claim_attempt"), params)]
+    assert any("runs_pkey" in line for line in plan), plan
+    assert not any("Seq Scan on runs" in line for line in plan), plan
+    started = conn.execute(db.q("claim_attempt"), params).fetchall()
+    assert len(started) == 128
