@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
 from app import attempts
@@ -89,6 +90,29 @@ def test_a_rate_held_run_says_until_when(client: FlaskClient, services: Services
         attempts.commit(conn, changes)
     waiting = client.get(f"/v1/runs/{second['id']}", headers=ALPHA).get_json()["waiting"]
     assert waiting["reason"] == "rate_limited" and waiting["until"] is not None
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason", "until"),
+    [
+        ({"key_concurrency": 1}, "key_concurrency_limited", False),
+        ({"key_rate": {"limit": 1, "period_s": 60}}, "key_rate_limited", True),
+    ],
+)
+def test_a_run_held_by_its_keys_limit_says_so_while_another_key_starts(
+    client: FlaskClient, services: Services, limits: Any, reason: str, until: bool
+) -> None:
+    put(client, "crm", limits)
+    first = submit(client, queue="crm", limit_key="acme")
+    second = submit(client, queue="crm", limit_key="acme")
+    other = submit(client, queue="crm", limit_key="globex")
+    with services.pool.connection() as conn:
+        changes = [attempts.claim_change(r["id"], worker="w", lease_s=30) for r in (first, second)]
+        changes.append(attempts.claim_change(other["id"], worker="w", lease_s=30))
+        done = attempts.commit(conn, changes).done
+    assert [run is not None for run in done] == [True, False, True]
+    waiting = client.get(f"/v1/runs/{second['id']}", headers=ALPHA).get_json()["waiting"]
+    assert waiting["reason"] == reason and (waiting["until"] is not None) is until
 
 
 def test_metrics_count_held_runs_per_queue_and_reason(
