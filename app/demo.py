@@ -55,6 +55,13 @@ def fail(ctx: Context, input: Any) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+@task("demo.collect")
+def collect(ctx: Context, input: Any) -> dict[str, Any]:
+    """A flow's parent: returns what its children returned, in order."""
+    keep = ("id", "task", "status", "result")
+    return {"children": [{name: child[name] for name in keep} for child in ctx.children]}
+
+
 def _number(input: Any, name: str, default: float) -> float:
     value = input.get(name, default) if isinstance(input, dict) else default
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -17,6 +17,7 @@ from app.domain import Run
 from app.redis_keys import Keys
 
 JOB_FUNC = "workers.execute.perform"
+CANCEL_FLAG_TTL_S = 24 * 3600  # a worker polls the flag while the attempt runs, a lease at most
 
 
 def enqueue(
@@ -59,3 +60,11 @@ def enqueue(
 def nudge_relay(target: Redis | Pipeline, keys: Keys) -> None:
     """Wake the relay after a commit that wrote events (see Keys.relay_nudge)."""
     target.xadd(keys.relay_nudge, {"n": 1}, maxlen=1, approximate=False)
+
+
+def request_stops(target: Redis | Pipeline, keys: Keys, runs: Iterable[Run]) -> None:
+    """Ask the running attempts of these runs (their cancel requested in Postgres) to stop now:
+    their workers poll these flags every few hundred ms, and otherwise learn of the request from
+    Postgres at their next lease renewal."""
+    for run in runs:
+        target.set(keys.cancel(run.id, run.attempt), "1", ex=CANCEL_FLAG_TTL_S)

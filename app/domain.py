@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Self
 
 
 class RunStatus(StrEnum):
+    WAITING = "waiting"  # a flow's parent, for its children (contract §5.4)
     QUEUED = "queued"
     DELAYED = "delayed"
     RUNNING = "running"
@@ -39,6 +40,8 @@ class EventType(StrEnum):
     FAILED = "run.failed"
     CANCELLED = "run.cancelled"
     DEBOUNCED = "run.debounced"
+    WAITING = "run.waiting"
+    CHILDREN_DONE = "run.children_done"
 
     @property
     def terminal(self) -> bool:
@@ -55,10 +58,11 @@ def rfc3339(value: datetime | None) -> str | None:
 
 
 # Field metadata of the records below, which derive from_row, to_json and the API's response
-# schemas (app.web.schemas) from their fields. A field is a column of the same name; the fields
+# schemas (app.web.responses) from their fields. A field is a column of the same name; the fields
 # clients see come first, in the order the contract lists them.
 INTERNAL: Mapping[str, Any] = {"internal": True}  # never shown to clients
 UUID_TEXT: Mapping[str, Any] = {"load": str}  # a uuid column, a string everywhere else
+MAYBE_UUID_TEXT: Mapping[str, Any] = {"load": lambda value: value if value is None else str(value)}
 TIME: Mapping[str, Any] = {"dump": rfc3339}  # RFC 3339 UTC for clients
 
 
@@ -148,6 +152,10 @@ class Run(Record):
     tenant: str = field(metadata=INTERNAL)
     limit_key: str | None = None
     dedupe_key: str | None = None
+    parent_id: str | None = field(default=None, metadata=MAYBE_UUID_TEXT)
+    # a parent's {total, succeeded, failed, cancelled, pending}, which the queries that show
+    # runs select (runlane_children_summary); null for a run without children
+    children: dict[str, int] | None = None
     waiting: dict[str, Any] | None = None  # not a column: app.waiting works it out when shown
     # the queries that show runs select whether the run's queue is paused for its tenant
     queue_paused: bool | None = field(default=None, metadata=INTERNAL)
@@ -159,6 +167,13 @@ class Run(Record):
     # why a queue limit holds it back (a waiting reason), or "released" (app.limits)
     held: str | None = field(default=None, metadata=INTERNAL)
     held_until: datetime | None = field(default=None, metadata=INTERNAL)  # a rate's next slot
+    # a flow's bookkeeping (migration 0010)
+    root_id: str | None = field(default=None, metadata={**INTERNAL, **MAYBE_UUID_TEXT})
+    child_index: int | None = field(default=None, metadata=INTERNAL)
+    on_child_failure: str | None = field(default=None, metadata=INTERNAL)
+    children_total: int = field(default=0, metadata=INTERNAL)
+    children_pending: int = field(default=0, metadata=INTERNAL)
+    cascade_pending: bool = field(default=False, metadata=INTERNAL)
 
     @property
     def budget_attempt(self) -> int:

@@ -119,6 +119,7 @@ def list_runs(
     status: str | None = None,
     queue: str | None = None,
     task: str | None = None,
+    parent_id: str | None = None,
     limit: int = 50,
     before: tuple[datetime, str] | None = None,
 ) -> list[Run]:
@@ -129,6 +130,7 @@ def list_runs(
             "status": status,
             "queue": queue,
             "task": task,
+            "parent_id": run_uuid(parent_id) if parent_id else None,
             "limit": limit,
             "before_created": before[0] if before else None,
             "before_id": before[1] if before else None,

@@ -31,7 +31,7 @@ class NewSchedule:
 
 @dataclass(frozen=True)
 class Schedule(Record):
-    """A schedule as stored; its API fields are what clients see (app.web.schemas.ScheduleOut)."""
+    """A schedule as stored; its API fields are what clients see (app.web.responses.ScheduleOut)."""
 
     tenant: str = field(metadata=INTERNAL)
     name: str

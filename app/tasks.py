@@ -21,6 +21,9 @@ class Context(Protocol):
 
     run_id: str
     attempt: int
+    # a flow parent's children, in the order given (contract §5.4): {id, task, status, result,
+    # error}; empty for a run without children
+    children: list[dict[str, Any]]
 
     def progress(self, percent: float, message: str = "") -> None: ...
 

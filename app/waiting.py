@@ -22,7 +22,7 @@ from app.live_workers import live_workers
 from app.redis_keys import Keys
 from app.services import REDIS_DOWN
 
-WAITS = (RunStatus.QUEUED, RunStatus.DELAYED)
+WAITS = (RunStatus.WAITING, RunStatus.QUEUED, RunStatus.DELAYED)
 # what a run a queue limit holds back (its `held`, app.limits) waits for
 HELD = {
     "concurrency_limited": "queue {queue} runs as many at once as its limits allow",
@@ -38,6 +38,9 @@ def waiting_of(run: Run, served: Container[str] | None) -> dict[str, Any] | None
     known which queues have workers (Redis away), and then no_workers is never claimed."""
     if run.status not in WAITS:
         return None
+    if run.status is RunStatus.WAITING:
+        left, total = run.children_pending, run.children_total
+        return _reason("children", f"waiting for {left} of its {total} children to end")
     if run.status is RunStatus.DELAYED:
         if run.attempt > run.attempt_base:  # an attempt of this budget failed: a retry's wait
             return _reason(

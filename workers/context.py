@@ -158,11 +158,15 @@ class _Running:
 class AttemptContext:
     """The context a task gets (app.tasks.Context)."""
 
-    def __init__(self, attempt: Attempt, report: Report) -> None:
+    def __init__(
+        self, attempt: Attempt, report: Report, children: list[dict[str, Any]] | None = None
+    ) -> None:
         self._attempt = attempt
         self._report = report  # writes a run.progress / run.log event; returns cancel requested
         self.run_id = attempt.run.id
         self.attempt = attempt.run.attempt
+        # a flow parent's children, in the order given: {id, task, status, result, error}
+        self.children = children or []
 
     def progress(self, percent: float, message: str = "") -> None:
         percent = min(100.0, max(0.0, float(percent)))

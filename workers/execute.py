@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from app import attempts, dispatch, runs
+from app import attempts, dispatch, flows, runs
 from app.attempts import Change
 from app.config import Settings
 from app.domain import Run, RunStatus
@@ -124,7 +124,7 @@ class Executor:
 
     def _call(self, attempt: Attempt, task: TaskDef) -> Outcome:
         run = attempt.run
-        ctx = AttemptContext(attempt, self.report)
+        ctx = AttemptContext(attempt, self.report, self._children(run))
         try:
             with attempt.running_task():
                 result = task.fn(ctx, run.input)
@@ -142,6 +142,18 @@ class Executor:
             log.info("attempt.error", extra={"run_id": run.id, "error": error_of(exc)})
             return self._failed(run, task, error_of(exc))
         return Outcome(run, attempts.finish_change(run, result))
+
+    def _children(self, run: Run) -> list[dict[str, Any]]:
+        """A flow parent's children for ctx.children (read on a pooled connection: this may be
+        a task's thread)."""
+        if run.children_total == 0:
+            return []
+
+        def work() -> list[dict[str, Any]]:
+            with self.services.pool.connection() as conn:
+                return flows.children_of(conn, run.id)
+
+        return while_database_away(work, self.services.pool.check, self.settings.lease_seconds)
 
     def _failed(self, run: Run, task: TaskDef, error: dict[str, str]) -> Outcome:
         if run.budget_attempt >= run.max_attempts:
@@ -216,12 +228,25 @@ class Executor:
                 queued.append(run)
         if cancels:
             queued += self._group_commit(cancels)[1]
+        self._settle_flows([outcome.run for outcome in outcomes])
         self.requeued = len(queued)
         if queued:
             try:
                 dispatch.enqueue(self.services.redis, self.services.keys, queued)
             except REDIS_DOWN as exc:  # queued in Postgres: the scheduler's sweep dispatches them
                 log.warning("dispatch.failed", extra={"count": len(queued), "error": str(exc)})
+
+    def _settle_flows(self, ended: list[Run]) -> None:
+        """The parents these attempts' ends queued go to RQ, the children a failed parent
+        leaves are cancelled (app.flows.settle); the scheduler does it if this fails."""
+        if not any(run.root_id for run in ended):
+            return
+        svc = self.services
+        try:
+            self._reconnecting(lambda conn: flows.after_change(conn, svc.redis, svc.keys, ended))
+        except psycopg.Error:
+            log.exception("execute.settle_failed")
+            self._reconnect_if_broken()
 
 
 def while_database_away(work: Callable[[], T], recover: Callable[[], None], patience: float) -> T:

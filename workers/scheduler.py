@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from app import attempts, dispatch, limits, runs
+from app import attempts, dispatch, flows, limits, runs
 from app.config import Settings
 from app.db import q
 from app.domain import Run, RunStatus, rfc3339
@@ -111,6 +111,7 @@ class Scheduler:
         for run in recovered:
             log.warning("run.stalled", extra={"run_id": run.id, "status": run.status.value})
         self.enqueue(recovered + released)
+        flows.after_change(conn, self.services.redis, self.keys, recovered)
 
     def release_held(self, conn: Conn) -> None:
         """Runs held back by a rate limit whose window has reopened."""
@@ -129,7 +130,12 @@ class Scheduler:
 
     def sweep(self, conn: Conn) -> None:
         """Queued runs whose RQ job is gone (web died after its commit, a worker died holding
-        a popped id) are dispatched again."""
+        a popped id, a flow's parent queued by a process that died before enqueueing it) are
+        dispatched again; children left by a parent that ended early are cancelled (the
+        process that ended it died before it could)."""
+        stopped = flows.settle(conn, None).stop
+        if stopped:
+            dispatch.request_stops(self.services.redis, self.keys, stopped)
         candidates = runs.queued_to_dispatch(conn, older_than_s=SWEEP_OLDER_THAN_S)
         if not candidates:
             return
@@ -191,3 +197,4 @@ class Scheduler:
             log.info("scheduler.retention_deleted", extra={"count": len(ids)})
             if len(ids) < 1000:
                 break
+        conn.execute(q("delete_expired_batch_keys"), {"days": days})

@@ -9,5 +9,6 @@ WITH r AS (
 ), e AS (
     INSERT INTO run_events (run_id, seq, type, data, tenant, queue)
     SELECT id, last_seq, event_type, event_data, tenant, queue FROM r
+    WHERE event_type IS NOT NULL  -- a row changed without an event (cascade_cancel)
 )
 SELECT * FROM r

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.routing import BaseConverter
 
 from app import logs
 from app.config import Settings
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             settings = Settings.from_env()
         services = Services.build(settings, pool_size=WEB_POOL_SIZE, name="runlane-web")
     app = Flask("runlane")
+    app.url_map.converters["run_id"] = RunIdConverter
     app.json = _Json(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["runlane"] = services
@@ -55,6 +57,13 @@ def _nudge_relay(response: Response) -> Response:
     if request.method not in _READS and response.status_code < 400 and needs_relay_nudge():
         services().nudge_relay()
     return response
+
+
+class RunIdConverter(BaseConverter):
+    """A run id in a path: any segment (one that is no uuid is a 404 naming it) but `batch`,
+    so that /v1/runs/batch, POST only, is not also GET /v1/runs/{id} in an Allow header."""
+
+    regex = r"(?!batch(?:/|$))[^/]+"
 
 
 class _Json(DefaultJSONProvider):

@@ -8,6 +8,7 @@ adds them up across processes.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter as CounterOf
 from collections.abc import Iterator
@@ -95,11 +96,14 @@ class Metrics:
         return Response(text, content_type=CONTENT_TYPE_LATEST)
 
 
+_CONVERTER = re.compile(r"<[^:<>]+:([^<>]+)>")  # <run_id:run_id> is labelled <run_id>
+
+
 def request_labels(status_code: int) -> tuple[str, str, str]:
     """(method, route, status) of the current request, each from a bounded set."""
     method = request.method if request.method in METHODS else OTHER
     # The route template, never the raw path: ids would make label sets unbounded.
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    route = _CONVERTER.sub(r"<\1>", request.url_rule.rule) if request.url_rule else UNMATCHED
     status = str(status_code) if 100 <= status_code <= 599 else OTHER
     return method, route, status
 

@@ -17,7 +17,8 @@ from werkzeug.routing import Map, Rule
 
 from app.web.errors import PROBLEM_JSON
 from app.web.fields import REGISTERED_TASK, STORABLE, STORABLE_JSON
-from app.web.schemas import NAME_PATTERN, EventList, Problem, RunOut
+from app.web.responses import EventList, Problem, RunOut
+from app.web.schemas import NAME_PATTERN
 
 Doc = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -189,7 +190,7 @@ def undocumented(url_map: Map, doc: Doc) -> list[str]:
 
 
 def openapi_path(rule: Rule) -> str:
-    """`/v1/runs/<run_id>/tail` as the document writes it: `/v1/runs/{id}/tail`."""
+    """`/v1/runs/<run_id:run_id>/tail` as the document writes it: `/v1/runs/{id}/tail`."""
     return _RULE_ARGUMENT.sub(lambda m: "{" + PATH_ALIASES.get(m[1], m[1]) + "}", rule.rule)
 
 
@@ -336,8 +337,10 @@ class _Schemas:
         self.found: Doc = {}
 
     def ref(self, model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> Doc:
-        self._add(model.__name__, self.inline(model, mode))
-        return {"$ref": REF.format(model=model.__name__)}
+        found, schema = {"$ref": REF.format(model=model.__name__)}, self.inline(model, mode)
+        if schema != found:  # a recursive model (RunCreate) comes back as its own reference
+            self._add(model.__name__, schema)
+        return found
 
     def inline(self, model: type[BaseModel], mode: JsonSchemaMode) -> Doc:
         """The model's own schema; the models it refers to become components."""

@@ -13,7 +13,7 @@ from app import db, limits, logs
 from app.web.current import metrics, services
 from app.web.errors import problem
 from app.web.openapi import Reply, document, documented
-from app.web.schemas import Health
+from app.web.responses import Health
 
 READY_TIMEOUT_S = 2.0
 

@@ -17,7 +17,8 @@ from app.web.auth import require_tenant, tenant
 from app.web.current import read_json, services, validate
 from app.web.errors import ApiError
 from app.web.openapi import NAME, Reply, documented
-from app.web.schemas import NAME_PATTERN, LimitsIn, QueueList, QueueOut, RateIn, TaskList
+from app.web.responses import QueueList, QueueOut, TaskList
+from app.web.schemas import NAME_PATTERN, LimitsIn, RateIn
 
 log = logs.get("runlane.web")
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, request
 from redis import RedisError
 
-from app import dispatch, logs, runs
+from app import dispatch, flows, logs, runs
 from app.domain import Run, RunStatus
-from app.tasks import TaskDef
 from app.web import errors, idempotency, tails
 from app.web.auth import query_token, require_tenant, tenant
 from app.web.current import (
@@ -28,6 +28,7 @@ from app.web.current import (
 )
 from app.web.errors import ApiError
 from app.web.fields import EPOCH
+from app.web.new_runs import flow_of
 from app.web.openapi import (
     CREATED,
     DEDUPLICATED,
@@ -39,10 +40,11 @@ from app.web.openapi import (
     Reply,
     documented,
 )
-from app.web.schemas import EventListQuery, RunCreate, RunList, RunListQuery, RunOut
-from app.web.submit import Ports, SubmitResult, submit
+from app.web.responses import RunBatchOut, RunList, RunOut
+from app.web.schemas import EventListQuery, RunBatch, RunCreate, RunListQuery
+from app.web.submit import BatchRequest, Ports, SubmitResult, submit
+from app.web.submit import submit_batch as submit_batch_runs
 
-CANCEL_FLAG_TTL_S = 24 * 3600
 log = logs.get("runlane.web")
 
 bp = Blueprint("runs", __name__, url_prefix="/v1")
@@ -63,7 +65,10 @@ def submit_run() -> Response:
     body = read_json()
     spec = validate(RunCreate, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    result = submit(Ports.of(services(), idempotency_store(), shown), _new_run(spec, key, fp))
+    flow = flow_of(spec, key, fp)
+    ports = Ports.of(services(), idempotency_store(), shown, flow if flow.children else None)
+    with _refusing_held_keys():
+        result = submit(ports, flow.run)
     relay_nudged()  # a new run's dispatch pipeline nudged; a replay committed nothing
     if result.replayed:
         metrics().idempotent_replays.inc()
@@ -72,7 +77,36 @@ def submit_run() -> Response:
     return _response(result)
 
 
-@bp.get("/runs/<run_id>")
+@bp.post("/runs/batch")
+@documented(
+    "Submit a batch of runs, all or none",
+    body=RunBatch,
+    headers=[IDEMPOTENCY_KEY],
+    responses={201: Reply("The runs, in the order of the items", RunBatchOut), 409: None},
+    description="A broken item makes the whole request 422, naming it (`runs[3].priority`). "
+    "An item whose dedupe key a live run holds is answered by that run.",
+)
+def submit_batch() -> Response:
+    key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
+    body = read_json()
+    spec = validate(RunBatch, body, registry=services().registry)
+    fp = idempotency.fingerprint(request.method, request.path, body) if key else None
+    items = [flow_of(item, None, None, where=f"runs[{i}].") for i, item in enumerate(spec.runs)]
+    if sum(_size(item) for item in items) > flows.MAX_RUNS:
+        raise errors.bad_fields([("runs", f"a request makes at most {flows.MAX_RUNS} runs")])
+    batch = BatchRequest(tenant(), items, key, fp)
+    with _refusing_held_keys():
+        result = submit_batch_runs(Ports.of(services(), idempotency_store(), shown), batch)
+    relay_nudged()
+    if result.replayed:
+        metrics().idempotent_replays.inc()
+    response = Response(result.body, 201, mimetype="application/json")
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/runs/<run_id:run_id>")
 @documented("Get a run", path=[RUN_ID], responses={200: Reply("The run", RunOut), 404: None})
 def get_run(run_id: str) -> dict[str, Any]:
     with services().pool.connection() as conn:
@@ -97,6 +131,7 @@ def list_runs() -> dict[str, Any]:
             status=query.status.value if query.status else None,
             queue=query.queue,
             task=query.task,
+            parent_id=query.parent_id,
             limit=query.limit + 1,  # one more tells whether there is a next page
             before=_decode_cursor(query.cursor) if query.cursor else None,
         )
@@ -109,7 +144,7 @@ def list_runs() -> dict[str, Any]:
     }
 
 
-@bp.post("/runs/<run_id>/cancel")
+@bp.post("/runs/<run_id:run_id>/cancel")
 @documented(
     "Cancel a run", path=[RUN_ID], responses={200: Reply("The run", RunOut), 404: None, 409: None}
 )
@@ -117,18 +152,21 @@ def cancel_run(run_id: str) -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
         run = runs.request_cancel(conn, tenant(), run_id)
+        flows.after_change(conn, svc.redis, svc.keys, [run])  # a parent's children cancelled
+        if run.children_total:  # its `children` summary, which the cancel's statement lacks
+            run = runs.get_run(conn, tenant(), run_id)
     if run.status is RunStatus.RUNNING:
         # The worker polls this attempt's flag every few hundred ms (the run's next attempt,
         # after a retry, has a flag of its own); without it (Redis down) it still learns of the
         # request from Postgres at its next heartbeat.
         try:
-            svc.redis.set(svc.keys.cancel(run.id, run.attempt), "1", ex=CANCEL_FLAG_TTL_S)
+            dispatch.request_stops(svc.redis, svc.keys, [run])
         except RedisError as exc:
             log.warning("cancel.flag_failed", extra={"run_id": run.id, "error": str(exc)})
     return shown(run)
 
 
-@bp.post("/runs/<run_id>/retry")
+@bp.post("/runs/<run_id:run_id>/retry")
 @documented(
     "Retry a failed or cancelled run",
     path=[RUN_ID],
@@ -137,12 +175,12 @@ def cancel_run(run_id: str) -> dict[str, Any]:
 def retry_run(run_id: str) -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
-        run = runs.retry_run(conn, tenant(), run_id)
-    _enqueue(run)
+        run, children = flows.retry(conn, tenant(), run_id)
+    _enqueue([run, *children] if run.status is RunStatus.QUEUED else children)
     return shown(run)
 
 
-@bp.get("/runs/<run_id>/events")
+@bp.get("/runs/<run_id:run_id>/events")
 @documented(
     "A run's events (JSON history, or Server-Sent Events)",
     path=[RUN_ID],
@@ -166,68 +204,34 @@ def list_events(run_id: str) -> Any:
     return {"items": [event.to_json() for event in events]}
 
 
-def _new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
-    """The run to insert: the request's fields, else the task's defaults, else the contract's."""
-    task = services().registry.tasks[spec.task]
-    limit_key = spec.limit_key or _derived(task.limit_key_of, spec.input)
-    dedupe = _dedupe(spec, task)
-    start = _delayed_until(spec, dedupe)
-    return runs.NewRun(
-        tenant=tenant(),
-        task=spec.task,
-        queue=spec.queue or task.queue or "default",
-        input=spec.input,
-        priority=spec.priority,
-        max_attempts=spec.max_attempts or task.max_attempts or 1,
-        backoff=spec.backoff.model_dump() if spec.backoff else task.backoff,
-        timeout_s=spec.timeout_s or task.timeout_s,
-        metadata=spec.metadata,
-        scheduled_for=start,
-        delayed=start is not None,
-        idempotency_key=key,
-        request_fingerprint=fp,
-        dedupe=dedupe,
-        limit_key=limit_key,
-    )
-
-
-def _dedupe(spec: RunCreate, task: TaskDef) -> runs.Dedupe | None:
-    """The request's dedupe field, else the key the task derives from the input (no TTL)."""
-    if spec.dedupe is not None:
-        return runs.Dedupe(spec.dedupe.key, spec.dedupe.ttl_s, spec.dedupe.debounce_ms)
-    key = _derived(task.dedupe_key_of, spec.input)
-    return runs.Dedupe(key) if key else None
-
-
-def _derived(key_of: Callable[[Any], str | None], input: Any) -> str | None:
-    """A key the task works out from the input; 422 on `input` when it cannot."""
-    try:
-        return key_of(input)
-    except ValueError as exc:
-        raise errors.bad_fields([("input", str(exc))]) from exc
-
-
-def _delayed_until(spec: RunCreate, dedupe: runs.Dedupe | None) -> datetime | None:
-    """When a delayed run may start; None to queue it now (no delay, or run_at already past).
-    A debounced run waits its debounce_ms at least."""
-    now = datetime.now(UTC)
-    start = None
-    if spec.delay_ms:
-        start = now + timedelta(milliseconds=spec.delay_ms)
-    elif spec.run_at is not None and spec.run_at > now:
-        start = spec.run_at
-    if dedupe is not None and dedupe.debounce_ms is not None:
-        debounced = now + timedelta(milliseconds=dedupe.debounce_ms)
-        start = max(start, debounced) if start else debounced
-    return start
-
-
-def _enqueue(run: Run) -> None:
+def _enqueue(queued: list[Run]) -> None:
     svc = services()
     try:
-        dispatch.enqueue(svc.redis, svc.keys, [run])
-    except RedisError as exc:  # the scheduler's sweep dispatches it
-        log.warning("dispatch.failed", extra={"run_id": run.id, "error": str(exc)})
+        if queued:
+            dispatch.enqueue(svc.redis, svc.keys, queued)
+        else:  # a parent waiting for its children again: its event still has to go out
+            svc.nudge_relay()
+    except RedisError as exc:  # the scheduler's sweep dispatches them
+        log.warning("dispatch.failed", extra={"runs": len(queued), "error": str(exc)})
+
+
+@contextmanager
+def _refusing_held_keys() -> Iterator[None]:
+    """A flow's child whose dedupe key a live run holds: 409 naming the child's field."""
+    try:
+        yield
+    except flows.DedupeKeyHeld as exc:
+        message = f"the dedupe key is held by run {exc.holder.id}, which cannot be this child"
+        raise ApiError(
+            409,
+            f"{exc.field}: {message}",
+            slug="dedupe-key-held",
+            errors=[{"field": exc.field, "message": message}],
+        ) from exc
+
+
+def _size(node: flows.Node) -> int:
+    return 1 + sum(_size(child) for child in node.children)
 
 
 def _response(result: SubmitResult) -> Response:

@@ -12,7 +12,8 @@ from app.web.auth import require_tenant, tenant
 from app.web.current import read_json, services, validate
 from app.web.errors import ApiError
 from app.web.openapi import NAME, Reply, documented
-from app.web.schemas import NAME_PATTERN, ScheduleCreate, ScheduleList, ScheduleOut
+from app.web.responses import ScheduleList, ScheduleOut
+from app.web.schemas import NAME_PATTERN, ScheduleCreate
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)

@@ -1,14 +1,13 @@
-"""Request and response bodies of the HTTP API, as pydantic models.
-
-Requests are validated strictly (a string is not a number, unknown fields are refused); the response
-models document the bodies in /openapi.json, which is generated from this module.
+"""Request bodies and query strings of the HTTP API, as pydantic models (the response bodies are
+app.web.responses'). Requests are validated strictly: a string is not a number, unknown fields
+are refused. /openapi.json documents them from these models.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal
 
 from croniter import CroniterError, croniter
 from pydantic import (
@@ -16,13 +15,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from app.domain import Event, Record, Run, RunStatus, api_fields
-from app.schedules import Schedule
+from app.domain import RunStatus
+from app.flows import MAX_BATCH, MAX_CHILDREN
 from app.web.fields import (
     CRON_PATTERN,
     CURSOR_PATTERN,
@@ -42,6 +40,7 @@ TEN_YEARS_MS = 10 * 365 * 24 * 3600 * 1000
 MAX_INT32 = 2**31 - 1
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$"
 
 
 def _registered(name: str, info: ValidationInfo) -> str:
@@ -89,7 +88,7 @@ class DedupeIn(Request):
 
     model_config = ConfigDict(json_schema_extra=ONE_DEDUPE_MODE)
 
-    key: str = Field(min_length=1, max_length=255)
+    key: str = Field(min_length=1, max_length=255, pattern=NO_NUL)
     ttl_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
     debounce_ms: Annotated[int, Field(gt=0, le=TEN_YEARS_MS), INTEGRAL] | None = None
 
@@ -130,8 +129,11 @@ class RunCreate(Request):
     backoff: Backoff | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=TEN_YEARS_MS / 1000)
     metadata: StorableObject = Field(default_factory=dict)
-    limit_key: str | None = Field(default=None, min_length=1, max_length=255)
+    limit_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
     dedupe: DedupeIn | None = None
+    # a flow (contract §5.4): this run waits for these, nested up to MAX_DEPTH levels
+    children: list[RunCreate] | None = Field(default=None, min_length=1, max_length=MAX_CHILDREN)
+    on_child_failure: Literal["fail", "ignore"] | None = None  # without children: no effect
 
     _task_registered = field_validator("task")(_registered)
 
@@ -149,6 +151,12 @@ class RunCreate(Request):
         if value is not None and info.data.get("delay_ms") is not None:
             raise ValueError("give delay_ms or run_at, not both")
         return value
+
+
+class RunBatch(Request):
+    """POST /v1/runs/batch (contract §5.5): made all together, or none of them."""
+
+    runs: list[RunCreate] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class ScheduleCreate(Request):
@@ -192,6 +200,7 @@ class Query(BaseModel):
 
 class RunListQuery(Query):
     status: RunStatus | None = None
+    parent_id: str | None = Field(default=None, pattern=UUID_PATTERN, description="its children")
     queue: str | None = Field(default=None, pattern=NO_NUL)
     task: str | None = Field(default=None, pattern=NO_NUL)
     limit: int = Field(default=50, ge=1, le=200)
@@ -220,166 +229,3 @@ class TenantTailQuery(Query):
         pattern=r"^[0-9]{1,19}$",
         description="resume after this cursor (the `cursor` of the last message)",
     )
-
-
-# Response bodies: what the API returns, for the OpenAPI document.
-
-
-class Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RunError(Response):
-    type: str
-    message: str
-
-
-class Progress(Response):
-    percent: float = Field(ge=0, le=100)
-    message: str
-
-
-class Waiting(Response):
-    """Why a run that is not running waits (contract §5.2)."""
-
-    reason: Literal[
-        "delayed", "backoff", "paused", "no_workers", "queued", "children", "rate_limited",
-        "concurrency_limited", "key_concurrency_limited", "key_rate_limited",
-    ]  # fmt: skip
-    detail: str
-    until: datetime | None
-
-
-def response_of(record: type[Record], name: str, **refined: Any) -> type[Response]:
-    """The response model of a domain record: its API fields, in order, every one required;
-    `refined` gives a field a more precise type for the document than the record declares."""
-    hints = get_type_hints(record)
-    fields: dict[str, Any] = {
-        f.name: (refined.pop(f.name, hints[f.name]), ...) for f in api_fields(record)
-    }
-    if refined:
-        raise TypeError(f"{record.__name__} has no API fields {sorted(refined)}")
-    return create_model(name, __base__=Response, __module__=__name__, **fields)
-
-
-# The run, the event and the schedule are defined once (app.domain, app.schedules); mypy cannot
-# see the fields of a model made at run time, so it is shown a model without them.
-if TYPE_CHECKING:
-
-    class RunOut(Response): ...
-
-    class EventOut(Response): ...
-
-    class ScheduleOut(Response): ...
-
-else:
-    RunOut = response_of(
-        Run, "RunOut", error=RunError | None, progress=Progress | None, waiting=Waiting | None
-    )
-    EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
-    ScheduleOut = response_of(Schedule, "ScheduleOut")
-
-
-class RunList(Response):
-    items: list[RunOut]
-    next_cursor: str | None
-
-
-class EventList(Response):
-    items: list[EventOut]
-
-
-class TailMessage(Response):
-    """One message of the tenant-wide tail (WebSocket /v1/tail)."""
-
-    cursor: str | None = None
-    event: EventOut | None = None
-    type: Literal["gap"] | None = None
-
-
-class QueueCounts(Response):
-    queued: int
-    delayed: int
-    running: int
-    succeeded: int
-    failed: int
-    cancelled: int
-
-
-class RateOut(Response):
-    limit: int
-    period_s: float
-
-
-class LimitsOut(Response):
-    """A queue's limits for the caller; null: no such limit."""
-
-    concurrency: int | None
-    rate: RateOut | None
-    key_concurrency: int | None
-    key_rate: RateOut | None
-
-
-class QueueOut(Response):
-    name: str
-    paused: bool
-    workers: int
-    counts: QueueCounts
-    limits: LimitsOut
-
-
-class QueueList(Response):
-    items: list[QueueOut]
-
-
-class WorkerOut(Response):
-    """A live worker process; `running` holds only the caller's runs."""
-
-    name: str
-    hostname: str
-    pid: int
-    queues: list[str]
-    concurrency: int
-    started_at: datetime
-    last_heartbeat: datetime
-    running: list[str] = Field(description="ids of the caller's runs it is running")
-
-
-class WorkerList(Response):
-    items: list[WorkerOut]
-
-
-class TaskOut(Response):
-    name: str
-    queue: str
-    max_attempts: int
-    backoff: Backoff | None
-    timeout_s: float | None
-    description: str
-
-
-class TaskList(Response):
-    items: list[TaskOut]
-
-
-class ScheduleList(Response):
-    items: list[ScheduleOut]
-
-
-class FieldError(Response):
-    field: str
-    message: str
-
-
-class Problem(Response):
-    """application/problem+json (RFC 9457)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    errors: list[FieldError] | None = None
-
-
-class Health(Response):
-    status: str

@@ -1,22 +1,24 @@
-"""The idempotent submit of POST /v1/runs (CONTRACT §2), the one place its protocol lives.
+"""The idempotent submits of POST /v1/runs and /v1/runs/batch (CONTRACT §2, §5.5), the one place
+their protocol lives.
 
-Claim the Idempotency-Key in Redis, create the run in Postgres, then dispatch it to RQ and store
-the response for replays in one pipeline. A refusal releases the claim; when Redis has lost the
-key or is down, the unique (tenant, idempotency_key) of the runs table still allows one run only.
+Claim the Idempotency-Key in Redis, create the runs in Postgres, then dispatch them to RQ and
+store the response for replays in one pipeline. A refusal releases the claim; when Redis has lost
+the key or is down, Postgres still allows one creation only: the unique (tenant,
+idempotency_key) of the runs table for a run (a flow: its root), batch_requests for a batch.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from redis import Redis, RedisError
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from app import dedupe, dispatch, logs, runs
+from app import dedupe, dispatch, flows, logs, runs
 from app.domain import Run, RunStatus
 from app.redis_keys import Keys
 from app.services import Services
@@ -24,28 +26,79 @@ from app.web import idempotency
 from app.web.idempotency import Claim, IdempotencyStore
 
 log = logs.get("runlane.web")
+T = TypeVar("T")
+
+
+class Keyed(Protocol):
+    """A request that may carry an Idempotency-Key (a run to make, or a batch)."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+    @property
+    def request_fingerprint(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Made:
+    """What Postgres answered a submit: the run, whether it was made now (else it answers for
+    the request: it holds the key), and the runs made queued, for RQ (a flow's children)."""
+
+    run: Run
+    created: bool
+    queued: Sequence[Run] = ()
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    tenant: str
+    items: Sequence[flows.Node]
+    idempotency_key: str | None
+    request_fingerprint: str | None
 
 
 @dataclass(frozen=True)
 class Ports:
-    """What a submit touches: Postgres through `create_run`, Redis for the key and the dispatch."""
+    """What a submit touches: Postgres through `create_run` and `create_batch`, Redis for the
+    key and the dispatch."""
 
-    # app.dedupe.create_run on a connection: (the new run, True), or (the run that answers, False)
-    create_run: Callable[[runs.NewRun], tuple[Run, bool]]
+    create_run: Callable[[runs.NewRun], Made]
     redis: Redis
     keys: Keys
     store: IdempotencyStore
     show: Callable[[Run], dict[str, Any]] = Run.to_json  # the run as its answer shows it
+    create_batch: Callable[[BatchRequest], flows.Batch] | None = None
 
     @classmethod
     def of(
-        cls, services: Services, store: IdempotencyStore, show: Callable[[Run], dict[str, Any]]
+        cls,
+        services: Services,
+        store: IdempotencyStore,
+        show: Callable[[Run], dict[str, Any]],
+        flow: flows.Node | None = None,
     ) -> Ports:
-        def create_run(new: runs.NewRun) -> tuple[Run, bool]:
-            with services.pool.connection() as conn:
-                return dedupe.create_run(conn, new)
+        """The ports of the service; `flow`: the run to make is that flow's root."""
 
-        return cls(create_run, services.redis, services.keys, store, show)
+        def create_run(new: runs.NewRun) -> Made:
+            made: list[Run] = []
+            create = flows.flow_creator(flow, made) if flow is not None else None
+            with services.pool.connection() as conn:
+                run, created = dedupe.create_run(conn, new, create)
+            queued = made if flow is not None else [run]
+            return Made(run, created, [r for r in queued if r.status is RunStatus.QUEUED])
+
+        def create_batch(batch: BatchRequest) -> flows.Batch:
+            with services.pool.connection() as conn:
+                return flows.create_batch(
+                    conn,
+                    batch.tenant,
+                    batch.items,
+                    key=batch.idempotency_key,
+                    fingerprint=batch.request_fingerprint,
+                )
+
+        return cls(create_run, services.redis, services.keys, store, show, create_batch)
 
 
 @dataclass(frozen=True)
@@ -70,26 +123,59 @@ def submit(ports: Ports, new: runs.NewRun) -> SubmitResult:
     request still in flight) and 422 (the key was used for another request).
 
     The caller refuses bad requests before calling it, so that they never touch the key."""
-    claim = _claim(ports.store, new)
-    if claim.claim is Claim.REPLAY:
+    claim, made = _claimed(ports.store, new, lambda: ports.create_run(new))
+    if made is None:
         return SubmitResult(claim.status, claim.body, replayed=True, run=None)
     claimed = claim.claim is Claim.CLAIMED
-    try:
-        run, created = ports.create_run(new)
-    except BaseException:
-        if claimed:  # no run was created: the key must stay usable
-            _release(ports.store, new)
-        raise
-    if not created and _holds_the_key(run, new):
+    run = made.run
+    if not made.created and _holds_the_key(run, new):
         return _existing(ports, run, new, claimed=claimed)
-    if not created:
+    if not made.created:
         return _deduplicated(ports, run, new, claimed=claimed)
     body = _dump(ports.show(run))
-    _dispatch_and_store(ports, run, new, body, claimed=claimed)
+    _dispatch_and_store(ports, made.queued, new, body, claimed=claimed)
     return SubmitResult(201, body, replayed=False, run=run)
 
 
-def _claim(store: IdempotencyStore, new: runs.NewRun) -> idempotency.Outcome:
+def submit_batch(ports: Ports, batch: BatchRequest) -> SubmitResult:
+    """The batch's runs made at most once per its Idempotency-Key, as `submit` makes one run;
+    the response lists them in the order of the items."""
+    create = ports.create_batch
+    assert create is not None
+    claim, made = _claimed(ports.store, batch, lambda: create(batch))
+    if made is None:
+        return SubmitResult(claim.status, claim.body, replayed=True, run=None)
+    claimed = claim.claim is Claim.CLAIMED
+    if made.fingerprint is not None and made.fingerprint != batch.request_fingerprint:
+        if claimed:
+            _release(ports.store, batch)
+        raise idempotency.mismatch()
+    body = _dump({"items": [ports.show(run) for run in made.runs]})
+    if made.fingerprint is not None:  # Redis had forgotten the key (or is down)
+        if claimed:
+            _store_or_let_lapse(ports.store, batch, made.runs[0], body, 201)
+        return SubmitResult(201, body, replayed=True, run=None)
+    _dispatch_and_store(ports, made.queued, batch, body, claimed=claimed)
+    return SubmitResult(201, body, replayed=False, run=None)
+
+
+def _claimed(
+    store: IdempotencyStore, new: Keyed, create: Callable[[], T]
+) -> tuple[idempotency.Outcome, T | None]:
+    """Claim the key, then `create` in Postgres: (the claim, what was made), or (the claim of
+    a replay, None). A failure to create releases the claim: the key must stay usable."""
+    claim = _claim(store, new)
+    if claim.claim is Claim.REPLAY:
+        return claim, None
+    try:
+        return claim, create()
+    except BaseException:
+        if claim.claim is Claim.CLAIMED:
+            _release(store, new)
+        raise
+
+
+def _claim(store: IdempotencyStore, new: Keyed) -> idempotency.Outcome:
     """CLAIMED, REPLAY or UNAVAILABLE (no key, or Redis cannot say); the refusals raise."""
     if new.idempotency_key is None:
         return idempotency.Outcome(Claim.UNAVAILABLE)
@@ -130,7 +216,7 @@ def _deduplicated(ports: Ports, run: Run, new: runs.NewRun, *, claimed: bool) ->
 
 
 def _store_or_let_lapse(
-    store: IdempotencyStore, new: runs.NewRun, run: Run, body: bytes, status: int
+    store: IdempotencyStore, new: Keyed, run: Run, body: bytes, status: int
 ) -> None:
     """Store the answer for the Idempotency-Key; if Redis fails, the claim's lease runs out and
     the key's next request is answered from Postgres again."""
@@ -141,17 +227,20 @@ def _store_or_let_lapse(
 
 
 def _dispatch_and_store(
-    ports: Ports, run: Run, new: runs.NewRun, body: bytes, *, claimed: bool
+    ports: Ports, queued: Sequence[Run], new: Keyed, body: bytes, *, claimed: bool
 ) -> None:
-    """Hands the run to RQ and stores the idempotent response, in one round trip.
+    """Hands the queued runs made to RQ and stores the idempotent response, in one round trip.
 
-    Delayed runs are not enqueued: the scheduler promotes them when due. If Redis fails here the
-    run is committed anyway, and the scheduler's sweep dispatches runs that never reached RQ.
+    Delayed and waiting runs are not enqueued: the scheduler promotes them when due, a flow's
+    children queue their parent. If Redis fails here the runs are committed anyway, and the
+    scheduler's sweep dispatches runs that never reached RQ.
     """
     pipe = ports.redis.pipeline(transaction=False)
     try:
-        if run.status is RunStatus.QUEUED:  # (RQ asks Redis its version once per client)
-            dispatch.enqueue(ports.redis, ports.keys, [run], pipeline=pipe)
+        if queued:  # (RQ asks Redis its version once per client)
+            dispatch.enqueue(ports.redis, ports.keys, queued, pipeline=pipe)
+        else:  # nothing to enqueue, but the runs' first events are committed
+            dispatch.nudge_relay(pipe, ports.keys)
         if claimed:
             _store(ports.store, new, body, pipeline=pipe)
         try:
@@ -159,12 +248,12 @@ def _dispatch_and_store(
         except NoScriptError:  # Redis restarted and forgot the script; the other commands ran
             _store(ports.store, new, body)
     except RedisError as exc:
-        log.warning("submit.redis_failed", extra={"run_id": run.id, "error": str(exc)})
+        log.warning("submit.redis_failed", extra={"runs": len(queued), "error": str(exc)})
 
 
 def _store(
     store: IdempotencyStore,
-    new: runs.NewRun,
+    new: Keyed,
     body: bytes,
     *,
     status: int = 201,
@@ -174,7 +263,7 @@ def _store(
     store.store(new.tenant, key, fp, status, body, pipeline=pipeline)
 
 
-def _release(store: IdempotencyStore, new: runs.NewRun) -> None:
+def _release(store: IdempotencyStore, new: Keyed) -> None:
     store.release(new.tenant, str(new.idempotency_key), str(new.request_fingerprint))
 
 

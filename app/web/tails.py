@@ -22,7 +22,8 @@ from app.web.auth import CHALLENGE, authenticate, request_token
 from app.web.current import services
 from app.web.errors import ApiError, problem
 from app.web.openapi import RUN_ID, documented, websocket_twin
-from app.web.schemas import EventOut, RunTailQuery, TailMessage, TenantTailQuery
+from app.web.responses import EventOut, TailMessage
+from app.web.schemas import RunTailQuery, TenantTailQuery
 from app.web.streams import Entry, StreamHub
 
 bp = Blueprint("tails", __name__)
@@ -39,11 +40,11 @@ def init_app(app: Flask) -> None:
     ws = Blueprint("tails_ws", __name__)
     ws.before_request(_check_before_upgrade)
     sock = Sock()
-    sock.route("/v1/runs/<run_id>/tail", bp=ws)(run_tail)
+    sock.route("/v1/runs/<run_id:run_id>/tail", bp=ws)(run_tail)
     sock.route("/v1/tail", bp=ws)(tenant_tail)
     # flask-sock's rules match WebSocket requests only: without these plain-HTTP twins, routing
     # would refuse a plain GET (400) before the token and run checks above could answer.
-    ws.add_url_rule("/v1/runs/<run_id>/tail", "run_tail_http", upgrade_required)
+    ws.add_url_rule("/v1/runs/<run_id:run_id>/tail", "run_tail_http", upgrade_required)
     ws.add_url_rule("/v1/tail", "tenant_tail_http", upgrade_required)
     app.register_blueprint(ws)
     sock.init_app(app)

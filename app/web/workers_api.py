@@ -10,7 +10,7 @@ from app import live_workers
 from app.web.auth import require_tenant, tenant
 from app.web.current import services
 from app.web.openapi import Reply, documented
-from app.web.schemas import WorkerList
+from app.web.responses import WorkerList
 
 bp = Blueprint("workers", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)

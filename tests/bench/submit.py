@@ -6,7 +6,8 @@ unique Idempotency-Key per request from concurrent keep-alive clients, and print
 latency percentiles. Then it waits until every run submitted has succeeded and every event of
 every run is in its Redis stream, and prints that end-to-end rate too: runs over the time from
 the first submit to the last event in its stream. `--url` benchmarks an already running API
-(submits only).
+(submits only). `--batch N` posts N runs per request to POST /v1/runs/batch instead (Python
+generator), and prints runs/s accepted and the rate the backlog then drains at.
 """
 
 from __future__ import annotations
@@ -45,17 +46,26 @@ TOKEN = "bench-token"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench submit", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive load")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--clients", type=int, help="concurrent clients (16; 4 with --batch)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured (python)")
     parser.add_argument("--url", help="an API already running (then --token is needed)")
     parser.add_argument("--token", default=TOKEN)
     parser.add_argument("--web-only", action="store_true", help="start release and web only")
     parser.add_argument("--rounds", type=int, default=1, help="repeat, then print the medians")
     parser.add_argument(
+        "--batch", type=int, default=1, metavar="N",
+        help="runs per request: above 1, POST /v1/runs/batch (and 4 clients unless --clients)",
+    )  # fmt: skip
+    parser.add_argument(
         "--generator", choices=("auto", "wrk", "python"), default="auto",
         help="the load generator: wrk when installed (auto), else Python threads",
     )  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.batch <= 1000:
+        parser.error("--batch takes 1 to 1000 runs per request")
+    if args.clients is None:
+        args.clients = 16 if args.batch == 1 else 4
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +92,7 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
             result = load(args, stack.base, TOKEN, run_id=prefix)
             if not args.web_only:
                 result["end_to_end"] = settle(redis_url, database_url, prefix, began)
+                result["drain"] = result["end_to_end"].pop("drain")
             runs = runs_created(database_url)
             result["cpu_ms_per_run"] = {
                 kind: 1000 * spent / max(1, runs)
@@ -99,9 +110,10 @@ def load(
 ) -> dict[str, Any]:
     """Drive POST /v1/runs; `run_id` goes into each Idempotency-Key, new for each call unless
     given, so that a second round against one API (--url) submits new runs, not replays."""
-    if args.generator == "wrk" or (args.generator == "auto" and wrk.available()):
+    wanted = args.generator == "wrk" or (args.generator == "auto" and wrk.available())
+    if wanted and args.batch == 1:
         return wrk.drive(base, token, args.clients, args.seconds, run_id or uuid.uuid4().hex[:8])
-    result = drive(base, token, args.clients, args.seconds, args.warmup)
+    result = drive(base, token, args.clients, args.seconds, args.warmup, args.batch)
     latencies = result.pop("latencies")
     assert isinstance(latencies, list)
     result.update(p50=percentile(latencies, 50), p99=percentile(latencies, 99), generator="python")
@@ -135,6 +147,10 @@ def settle(redis_url: str, database_url: str, prefix: str, began: float) -> dict
     redis = Redis.from_url(redis_url)
     deadline = time.monotonic() + 120
     with db.connect(database_url) as conn:
+        # the backlog the submits left, and how fast it drains (the workers' rate, alone)
+        load_ended = time.monotonic()
+        left = conn.execute("SELECT count(*) AS n FROM runs WHERE status <> 'succeeded'")
+        backlog = row["n"] if (row := left.fetchone()) else 0
         while True:
             unfinished = conn.execute("SELECT count(*) AS n FROM runs WHERE status <> 'succeeded'")
             row = unfinished.fetchone()
@@ -157,7 +173,8 @@ def settle(redis_url: str, database_url: str, prefix: str, began: float) -> dict
     redis.close()
     if missing:
         raise SystemExit(f"bench: {missing} runs lack events in their streams")
-    return {"runs": len(runs), "seconds": done - began}
+    drain = {"runs": backlog, "seconds": done - load_ended}
+    return {"runs": len(runs), "seconds": done - began, "drain": drain}
 
 
 @contextmanager
@@ -223,8 +240,12 @@ def forget(redis_url: str, prefix: str) -> None:
     redis.close()
 
 
-def drive(base: str, token: str, clients: int, seconds: float, warmup: float) -> dict[str, object]:
-    """`clients` threads, each on one keep-alive connection, posting until the time is up."""
+def drive(
+    base: str, token: str, clients: int, seconds: float, warmup: float, batch: int = 1
+) -> dict[str, object]:
+    """`clients` threads, each on one keep-alive connection, posting until the time is up;
+    `batch` runs per request (above 1: POST /v1/runs/batch)."""
+    path = "/v1/runs" if batch == 1 else "/v1/runs/batch"
     start = time.monotonic()
     measure_from, stop_at = start + warmup, start + warmup + seconds
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -234,7 +255,8 @@ def drive(base: str, token: str, clients: int, seconds: float, warmup: float) ->
     def client(index: int) -> None:
         mine: Counter[int] = Counter()
         conn = connect(base)
-        body = json.dumps({"task": "demo.noop", "input": {"client": index}})
+        run = {"task": "demo.noop", "input": {"client": index}}
+        body = json.dumps(run if batch == 1 else {"runs": [run] * batch})
         while (now := time.monotonic()) < stop_at:
             headers = {
                 "Authorization": f"Bearer {token}",
@@ -242,7 +264,7 @@ def drive(base: str, token: str, clients: int, seconds: float, warmup: float) ->
                 "Idempotency-Key": uuid.uuid4().hex,
             }
             try:
-                conn.request("POST", "/v1/runs", body=body, headers=headers)
+                conn.request("POST", path, body=body, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 status = response.status
@@ -265,6 +287,7 @@ def drive(base: str, token: str, clients: int, seconds: float, warmup: float) ->
     merged = sorted(latency for per_client in latencies for latency in per_client)
     return {
         "requests": len(merged),
+        "runs_per_request": batch,
         "seconds": seconds,
         "statuses": dict(statuses),
         "errors": sum(n for status, n in statuses.items() if status != 201),
@@ -291,12 +314,22 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"{result['requests']} requests, {rate:,.0f} req/s, p50 {result['p50'] * 1000:.1f} ms, "
         f"p99 {result['p99'] * 1000:.1f} ms, statuses {result['statuses']}"
     )
+    per_request = result.get("runs_per_request", 1)
+    if per_request > 1:
+        runs = result["requests"] * per_request
+        print(f"batches of {per_request}: {runs} runs accepted, {runs / args.seconds:,.0f} runs/s")
     settled = result.get("end_to_end")
     if isinstance(settled, dict):
         print(
             f"end to end: {settled['runs']} runs submitted, succeeded and every event in its "
             f"stream in {settled['seconds']:.1f} s: {settled['runs'] / settled['seconds']:,.0f} "
             f"runs/s"
+        )
+    drain = result.get("drain")
+    if isinstance(drain, dict) and drain["runs"]:
+        print(
+            f"drain: the {drain['runs']} runs not done when the submits stopped were done in "
+            f"{drain['seconds']:.1f} s: {drain['runs'] / drain['seconds']:,.0f} runs/s"
         )
     per_run = result.get("cpu_ms_per_run")
     if isinstance(per_run, dict):
@@ -310,8 +343,9 @@ def report_medians(results: list[dict[str, Any]], args: argparse.Namespace) -> N
         return statistics.median(values)
 
     rates = [r["requests"] / args.seconds for r in results]
+    accepted = [r["requests"] * r.get("runs_per_request", 1) / args.seconds for r in results]
     line = (
-        f"medians of {len(results)}: {median(rates):,.0f} req/s, "
+        f"medians of {len(results)}: {median(rates):,.0f} req/s, {median(accepted):,.0f} runs/s, "
         f"p99 {median([r['p99'] for r in results]) * 1000:.1f} ms"
     )
     settled = [r["end_to_end"] for r in results if isinstance(r.get("end_to_end"), dict)]

@@ -11,10 +11,9 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -460,18 +459,6 @@ def test_a_slot_freed_by_a_killed_workers_stall(stack_factory: Callable[..., Sta
 
 
 # --- 7. limits survive emptied Redis and restarts ---------------------------------------------
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Restartable]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = Restartable(folder)
-    server.start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait(10)
 
 
 def test_limits_survive_emptied_redis_and_a_restart_of_every_process(

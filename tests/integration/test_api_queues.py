@@ -43,8 +43,8 @@ def test_queues_show_the_callers_counts(client: FlaskClient, services: Services)
         "name": "default",
         "paused": False,
         "workers": 0,
-        "counts": {"queued": 2, "delayed": 0, "running": 0, "succeeded": 0, "failed": 0,
-                   "cancelled": 0},
+        "counts": {"waiting": 0, "queued": 2, "delayed": 0, "running": 0, "succeeded": 0,
+                   "failed": 0, "cancelled": 0},
         "limits": {"concurrency": None, "rate": None, "key_concurrency": None, "key_rate": None},
     }  # fmt: skip
     assert seen["mail"]["counts"]["delayed"] == 1
@@ -113,7 +113,7 @@ def test_pausing_a_queue_with_no_runs_yet(client: FlaskClient) -> None:
         "paused": True,
         "workers": 0,
         "counts": dict.fromkeys(
-            ("queued", "delayed", "running", "succeeded", "failed", "cancelled"), 0
+            ("waiting", "queued", "delayed", "running", "succeeded", "failed", "cancelled"), 0
         ),
         "limits": dict.fromkeys(("concurrency", "rate", "key_concurrency", "key_rate")),
     }

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from app.services import Services
 from app.web import create_app, openapi
 from app.web.openapi import Reply, documented
-from app.web.schemas import Health
+from app.web.responses import Health
 
 
 def test_every_route_is_in_the_document_with_every_method(app: Flask, client: FlaskClient) -> None:

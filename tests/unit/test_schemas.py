@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from app.domain import Event, Run
 from app.tasks import Registry
-from app.web.schemas import EventOut, RunCreate, RunListQuery, RunOut, ScheduleCreate
+from app.web.responses import EventOut, RunOut
+from app.web.schemas import RunCreate, RunListQuery, ScheduleCreate
 
 REGISTRY = Registry()
 REGISTRY.task("demo.echo")(lambda ctx, value: value)
@@ -196,6 +197,8 @@ CONTRACT_RUN = [
     "last_seq",
     "limit_key",  # §5; the contract's list of §2 first, then those of §5 it carries
     "dedupe_key",
+    "parent_id",
+    "children",  # a flow's parent's summary (§5.4), null for other runs
     "waiting",
 ]
 CONTRACT_EVENT = ["run_id", "seq", "type", "at", "data"]

@@ -16,7 +16,7 @@ from app.redis_keys import Keys
 from app.runs import NewRun
 from app.web.errors import ApiError
 from app.web.idempotency import LEASE_MS, Claim, IdempotencyStore
-from app.web.submit import Ports, submit
+from app.web.submit import Made, Ports, submit
 from tests.helpers import count_round_trips
 
 NEW = NewRun(
@@ -36,22 +36,23 @@ NEW = NewRun(
 
 
 class FakeRuns:
-    """app.runs.create_run's contract: a new run, or (the run holding the key, False)."""
+    """Ports.create_run's contract: a new run (queued: to dispatch), or the run holding the key,
+    not created."""
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], Run] = {}
         self.created: list[Run] = []
         self.before: Callable[[], None] = lambda: None  # what happens while the insert runs
 
-    def create_run(self, new: NewRun) -> tuple[Run, bool]:
+    def create_run(self, new: NewRun) -> Made:
         self.before()
         if new.idempotency_key is not None and (new.tenant, new.idempotency_key) in self.runs:
-            return self.runs[(new.tenant, new.idempotency_key)], False
+            return Made(self.runs[(new.tenant, new.idempotency_key)], created=False)
         run = _run(new)
         self.created.append(run)
         if new.idempotency_key is not None:
             self.runs[(new.tenant, new.idempotency_key)] = run
-        return run, True
+        return Made(run, True, [run] if run.status is RunStatus.QUEUED else [])
 
 
 def _run(new: NewRun) -> Run:

@@ -27,16 +27,21 @@ SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused FROM run
 WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s;
 
 -- name: get_run
-SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused FROM runs
+SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
+       runlane_children_summary(runs) AS children
+FROM runs
 WHERE id = %(id)s AND tenant = %(tenant)s;
 
 -- name: get_run_any_tenant
 SELECT * FROM runs WHERE id = %(id)s;
 
 -- name: list_runs
-SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused FROM runs
+SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
+       runlane_children_summary(runs) AS children
+FROM runs
 WHERE tenant = %(tenant)s
   AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(parent_id)s::uuid IS NULL OR parent_id = %(parent_id)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(before_created)s::timestamptz IS NULL
@@ -141,7 +146,7 @@ RETURNING *, 'run.failed' AS event_type,
 -- name: cancel_waiting (outbox)
 UPDATE runs SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
                 cancel_reason = %(reason)s, last_seq = last_seq + 1
-WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('queued', 'delayed')
+WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('waiting', 'queued', 'delayed')
 RETURNING *, 'run.cancelled' AS event_type,
           jsonb_build_object('reason', cancel_reason) AS event_data;
 

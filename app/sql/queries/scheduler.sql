@@ -17,13 +17,22 @@ WHERE tenant = %(tenant)s AND name = %(name)s AND next_fire_at = %(fired_at)s;
 SELECT min(next_fire_at) AS due FROM schedules;
 
 -- name: delete_expired_runs
--- Finished runs past retention; their events go with them (ON DELETE CASCADE).
+-- Finished runs past retention; their events go with them (ON DELETE CASCADE). A flow goes
+-- whole, once its root is past retention: a child's results stay while its parent may need them.
 WITH expired AS (
     SELECT id FROM runs
     WHERE finished_at < now() - make_interval(days => %(days)s)
+      AND (root_id IS NULL OR root_id = id OR NOT EXISTS (
+          SELECT 1 FROM runs root WHERE root.id = runs.root_id
+            AND (root.finished_at IS NULL
+                 OR root.finished_at >= now() - make_interval(days => %(days)s))))
     ORDER BY finished_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM runs USING expired WHERE runs.id = expired.id
 RETURNING runs.id;
+
+-- name: delete_expired_batch_keys
+-- A batch's Idempotency-Key is kept as long as a run's (its row's column): the runs' retention.
+DELETE FROM batch_requests WHERE created_at < now() - make_interval(days => %(days)s);

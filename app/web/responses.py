@@ -1,0 +1,196 @@
+"""Response bodies of the HTTP API, as pydantic models: they document the bodies in
+/openapi.json, and the tests validate every response against them. The run, the event and the
+schedule are derived from their one definition (app.domain, app.schedules)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from app.domain import Event, Record, Run, api_fields
+from app.schedules import Schedule
+from app.web.schemas import Backoff
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunError(Response):
+    type: str
+    message: str
+
+
+class Progress(Response):
+    percent: float = Field(ge=0, le=100)
+    message: str
+
+
+class Waiting(Response):
+    """Why a run that is not running waits (contract §5.2)."""
+
+    reason: Literal[
+        "delayed", "backoff", "paused", "no_workers", "queued", "children", "rate_limited",
+        "concurrency_limited", "key_concurrency_limited", "key_rate_limited",
+    ]  # fmt: skip
+    detail: str
+    until: datetime | None
+
+
+class ChildrenSummary(Response):
+    """How a flow parent's children stand (contract §5.4)."""
+
+    total: int = Field(ge=1)
+    succeeded: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+    pending: int = Field(ge=0)
+
+
+def response_of(record: type[Record], name: str, **refined: Any) -> type[Response]:
+    """The response model of a domain record: its API fields, in order, every one required;
+    `refined` gives a field a more precise type for the document than the record declares."""
+    hints = get_type_hints(record)
+    fields: dict[str, Any] = {
+        f.name: (refined.pop(f.name, hints[f.name]), ...) for f in api_fields(record)
+    }
+    if refined:
+        raise TypeError(f"{record.__name__} has no API fields {sorted(refined)}")
+    return create_model(name, __base__=Response, __module__=__name__, **fields)
+
+
+# The run, the event and the schedule are defined once (app.domain, app.schedules); mypy cannot
+# see the fields of a model made at run time, so it is shown a model without them.
+if TYPE_CHECKING:
+
+    class RunOut(Response): ...
+
+    class EventOut(Response): ...
+
+    class ScheduleOut(Response): ...
+
+else:
+    RunOut = response_of(
+        Run,
+        "RunOut",
+        error=RunError | None,
+        progress=Progress | None,
+        children=ChildrenSummary | None,
+        waiting=Waiting | None,
+    )
+    EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
+    ScheduleOut = response_of(Schedule, "ScheduleOut")
+
+
+class RunList(Response):
+    items: list[RunOut]
+    next_cursor: str | None
+
+
+class RunBatchOut(Response):
+    """The runs of a batch, in the order of its items."""
+
+    items: list[RunOut]
+
+
+class EventList(Response):
+    items: list[EventOut]
+
+
+class TailMessage(Response):
+    """One message of the tenant-wide tail (WebSocket /v1/tail)."""
+
+    cursor: str | None = None
+    event: EventOut | None = None
+    type: Literal["gap"] | None = None
+
+
+class QueueCounts(Response):
+    waiting: int
+    queued: int
+    delayed: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class RateOut(Response):
+    limit: int
+    period_s: float
+
+
+class LimitsOut(Response):
+    """A queue's limits for the caller; null: no such limit."""
+
+    concurrency: int | None
+    rate: RateOut | None
+    key_concurrency: int | None
+    key_rate: RateOut | None
+
+
+class QueueOut(Response):
+    name: str
+    paused: bool
+    workers: int
+    counts: QueueCounts
+    limits: LimitsOut
+
+
+class QueueList(Response):
+    items: list[QueueOut]
+
+
+class WorkerOut(Response):
+    """A live worker process; `running` holds only the caller's runs."""
+
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: datetime
+    last_heartbeat: datetime
+    running: list[str] = Field(description="ids of the caller's runs it is running")
+
+
+class WorkerList(Response):
+    items: list[WorkerOut]
+
+
+class TaskOut(Response):
+    name: str
+    queue: str
+    max_attempts: int
+    backoff: Backoff | None
+    timeout_s: float | None
+    description: str
+
+
+class TaskList(Response):
+    items: list[TaskOut]
+
+
+class ScheduleList(Response):
+    items: list[ScheduleOut]
+
+
+class FieldError(Response):
+    field: str
+    message: str
+
+
+class Problem(Response):
+    """application/problem+json (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Health(Response):
+    status: str
