@@ -7,11 +7,12 @@ import builtins
 import http.client
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ from app.config import ClientSettings, ConfigError
 
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 RETRY_STATUSES = frozenset({502, 503, 504})
+BATCH_MAX = 1000  # runs of one POST /v1/runs/batch (contract §5.5)
+_BATCH_ITEM = re.compile(r"\bruns\[(\d+)\]")  # a field of a batch's item: runs[3].priority
 
 
 class ApiError(Exception):
@@ -45,6 +48,27 @@ class ApiError(Exception):
             for e in errors
             if isinstance(e, dict)
         ]
+
+
+class BatchRefused(ApiError):
+    """submit_many's request for the runs from `offset` on was refused. Each request is all or
+    nothing, so none of those exist; `made` holds the runs the requests before it made. The
+    fields count in the whole list given (`runs[1003].priority`), not in the one request."""
+
+    def __init__(self, refused: ApiError, offset: int, made: builtins.list[dict[str, Any]]) -> None:
+        problem = dict(refused.problem)
+        if isinstance(problem.get("detail"), str):
+            problem["detail"] = _shifted(problem["detail"], offset)
+        if isinstance(problem.get("errors"), builtins.list):
+            problem["errors"] = [
+                {**e, "field": _shifted(e["field"], offset)}
+                if isinstance(e, dict) and isinstance(e.get("field"), str)
+                else e
+                for e in problem["errors"]
+            ]
+        super().__init__(refused.status, problem)
+        self.offset = offset
+        self.made = made
 
 
 class Unreachable(ConnectionError):
@@ -100,11 +124,64 @@ class Client:
         body = {"task": task, "input": input, **fields}
         return self.request("POST", "/v1/runs", body, headers=headers)
 
+    def submit_many(
+        self, runs: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """POST /v1/runs/batch: the runs made, in the order of their bodies (none for none).
+        More than BATCH_MAX go in requests of BATCH_MAX, each all or nothing: a refused one
+        raises BatchRefused, whose `made` are the runs of the requests before it. One
+        idempotency_key stands for one request, so with a key more than BATCH_MAX is a
+        ValueError rather than requests that a retry could not replay as a whole."""
+        if idempotency_key and len(runs) > BATCH_MAX:
+            raise ValueError(
+                f"an idempotency key covers one batch of at most {BATCH_MAX} runs, not "
+                f"{len(runs)}: split them and give each part a key of its own"
+            )
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        made: builtins.list[dict[str, Any]] = []
+        for offset in range(0, len(runs), BATCH_MAX):
+            body = {"runs": builtins.list(runs[offset : offset + BATCH_MAX])}
+            try:
+                items = self._call("POST", "/v1/runs/batch", body, headers=headers)["items"]
+            except ApiError as exc:
+                raise BatchRefused(exc, offset, made) from None
+            made.extend(items)
+        return made
+
+    def submit_flow(
+        self,
+        task: str,
+        children: Sequence[Mapping[str, Any]],
+        *,
+        on_child_failure: str = "fail",
+        input: Any = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/runs of a parent that waits for its children (run bodies, which may have
+        children of their own) and then runs `task` (contract §5.4). on_child_failure "fail"
+        fails it at the first failed child, "ignore" runs it whatever they did."""
+        return self.submit(
+            task,
+            input,
+            idempotency_key=idempotency_key,
+            children=builtins.list(children),
+            on_child_failure=on_child_failure,
+            **fields,
+        )
+
+    def children(self, run_id: str) -> builtins.list[dict[str, Any]]:
+        """Every child of a run, in the order the parent was given them: the API lists them
+        newest first, and a flow's children are made in the order given."""
+        newest_first = builtins.list(self.list_all(parent_id=run_id, limit=200))
+        return newest_first[::-1]
+
     def get(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/runs/{_quote(run_id)}")
 
     def list(self, **filters: Any) -> dict[str, Any]:
-        """GET /v1/runs with status, queue, task, limit, cursor: {"items", "next_cursor"}."""
+        """GET /v1/runs with status, queue, task, parent_id, limit, cursor: {"items",
+        "next_cursor"}."""
         return self._call("GET", "/v1/runs", params=filters)
 
     def list_all(self, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -287,6 +364,11 @@ def find_token(given: str | None, env: Mapping[str, str]) -> tuple[str, str]:
 
 def _quote(value: str) -> str:
     return urllib.parse.quote(value, safe="")
+
+
+def _shifted(text: str, offset: int) -> str:
+    """`runs[i]` of one batch request, counted from the start of the whole list."""
+    return _BATCH_ITEM.sub(lambda m: f"runs[{int(m[1]) + offset}]", text)
 
 
 def _reason(reason: object) -> object:

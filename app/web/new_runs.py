@@ -26,20 +26,28 @@ def flow_of(spec: RunCreate, key: str | None, fp: str | None, *, where: str = ""
     return _node(spec, key, fp)
 
 
+def _children(spec: RunCreate) -> list[RunCreate]:
+    """The children given; none for a run at the deepest level, whose model has no field for
+    them (app.web.schemas, _flow_levels)."""
+    return getattr(spec, "children", None) or []
+
+
 def _count(spec: RunCreate, where: str, depth: int) -> int:
-    if not spec.children:
+    children = _children(spec)
+    if not children:
         return 1
     if depth >= flows.MAX_DEPTH:
         message = f"children nest at most {flows.MAX_DEPTH} levels below the first run"
         raise errors.bad_fields([(f"{where}children", message)])
     return 1 + sum(
-        _count(child, f"{where}children[{i}].", depth + 1) for i, child in enumerate(spec.children)
+        _count(child, f"{where}children[{i}].", depth + 1) for i, child in enumerate(children)
     )
 
 
 def _node(spec: RunCreate, key: str | None, fp: str | None) -> flows.Node:
-    children = tuple(_node(child, None, None) for child in spec.children or ())
-    return flows.Node(new_run(spec, key, fp), children, spec.on_child_failure or "fail")
+    children = tuple(_node(child, None, None) for child in _children(spec))
+    policy = getattr(spec, "on_child_failure", None) or "fail"
+    return flows.Node(new_run(spec, key, fp), children, policy)
 
 
 def new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:

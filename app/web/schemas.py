@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from croniter import CroniterError, croniter
 from pydantic import (
@@ -15,12 +15,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from app.domain import RunStatus
-from app.flows import MAX_BATCH, MAX_CHILDREN
+from app.flows import MAX_BATCH, MAX_CHILDREN, MAX_DEPTH
 from app.web.fields import (
     CRON_PATTERN,
     CURSOR_PATTERN,
@@ -114,8 +115,8 @@ class LimitsIn(Request):
     key_rate: RateIn | None = None
 
 
-class RunCreate(Request):
-    """POST /v1/runs. Validate with context={"registry": ...} to refuse unknown tasks."""
+class RunFields(Request):
+    """A run's own fields: RunCreate without its children."""
 
     model_config = ConfigDict(json_schema_extra=ONE_START_TIME)
 
@@ -131,9 +132,6 @@ class RunCreate(Request):
     metadata: StorableObject = Field(default_factory=dict)
     limit_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
     dedupe: DedupeIn | None = None
-    # a flow (contract §5.4): this run waits for these, nested up to MAX_DEPTH levels
-    children: list[RunCreate] | None = Field(default=None, min_length=1, max_length=MAX_CHILDREN)
-    on_child_failure: Literal["fail", "ignore"] | None = None  # without children: no effect
 
     _task_registered = field_validator("task")(_registered)
 
@@ -151,6 +149,47 @@ class RunCreate(Request):
         if value is not None and info.data.get("delay_ms") is not None:
             raise ValueError("give delay_ms or run_at, not both")
         return value
+
+
+OnChildFailure = Literal["fail", "ignore"]
+
+
+def _flow_levels() -> type[RunFields]:
+    """RunCreate: a run and its children (contract §5.4), MAX_DEPTH levels of them below it at
+    most. One model per level rather than a recursive one, so that the document says how deep a
+    flow may go: a child too deep is refused as having a field its level does not have."""
+    level = create_model(
+        f"RunAtDepth{MAX_DEPTH}", __base__=RunFields, __module__=__name__,
+        __doc__=f"A run {MAX_DEPTH} levels below the first: it has no children.",
+    )  # fmt: skip
+    for depth in range(MAX_DEPTH - 1, -1, -1):
+        level = create_model(
+            "RunCreate" if depth == 0 else f"RunAtDepth{depth}",
+            __base__=RunFields,
+            __module__=__name__,
+            __doc__="POST /v1/runs. Validate with context={'registry': ...} to refuse unknown "
+            "tasks."
+            if depth == 0
+            else f"A run {depth} levels below the first.",
+            children=(  # type: ignore[arg-type]  # a type made at run time
+                list[level] | None,  # type: ignore[valid-type]
+                Field(default=None, min_length=1, max_length=MAX_CHILDREN),
+            ),
+            # without children it has no effect (a rule the document could not state)
+            on_child_failure=(OnChildFailure | None, None),
+        )
+    return level
+
+
+# mypy cannot see the fields of models made at run time: it is shown the recursive shape.
+if TYPE_CHECKING:
+
+    class RunCreate(RunFields):
+        children: list[RunCreate] | None
+        on_child_failure: OnChildFailure | None
+
+else:
+    RunCreate = _flow_levels()
 
 
 class RunBatch(Request):

@@ -1,6 +1,7 @@
-"""The client commands for runs (submit, get, list, events, tail, cancel, retry), and what every
-client command shares: printing a human view or the API's JSON, parsing option values, and
-turning API errors into messages and exit codes (1 API, 2 usage or configuration)."""
+"""The client commands for runs (get, list, events, tail, cancel, retry; submit is in
+runlane.cli.flows), and what every client command shares: printing a human view or the API's
+JSON, parsing option values, and turning API errors into messages and exit codes (1 API, 2 usage
+or configuration)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.config import ConfigError
 from runlane.cli import client_options, output
 
 if TYPE_CHECKING:
@@ -161,48 +161,11 @@ def rfc3339(text: str) -> str:
 # --- the run commands ---------------------------------------------------------------------------
 
 
-def cmd_submit(args: argparse.Namespace, cli: Cli) -> int:
-    delay_ms = round(args.delay * 1000) if args.delay is not None else None
-    fields = {
-        "queue": args.queue,
-        "priority": args.priority,
-        "delay_ms": delay_ms,
-        "run_at": args.run_at,
-        "max_attempts": args.max_attempts,
-        "backoff": args.backoff,
-        "timeout_s": args.timeout,
-        "metadata": args.metadata,
-        "limit_key": args.limit_key,
-        "dedupe": _dedupe(args),
-    }
-    given = {name: value for name, value in fields.items() if value is not None}
-    reply = cli.client.submit_reply(args.task, args.input, idempotency_key=args.key, **given)
-    run = reply.body
-    if args.quiet:
-        print(run["id"], flush=True)
-        return 0
-    cli.show(run, lambda: output.submitted(run, reply.headers, cli.now(), cli.style))
-    if not cli.json and run["status"] not in output.FINISHED and sys.stderr.isatty():
-        hint(f"follow it: runlane tail {run['id']}")
-    return 0
-
-
-def _dedupe(args: argparse.Namespace) -> dict[str, Any] | None:
-    if args.dedupe_key is None:
-        if args.dedupe_ttl is not None or args.debounce is not None:
-            raise ConfigError("--dedupe-ttl and --debounce need --dedupe-key")
-        return None
-    dedupe: dict[str, Any] = {"key": args.dedupe_key}
-    if args.dedupe_ttl is not None:
-        dedupe["ttl_s"] = args.dedupe_ttl
-    if args.debounce is not None:
-        dedupe["debounce_ms"] = round(args.debounce * 1000)
-    return dedupe
-
-
 def cmd_get(args: argparse.Namespace, cli: Cli) -> int:
+    from runlane.cli import flows  # it imports this module
+
     run = cli.client.get(args.run_id)
-    cli.show(run, lambda: output.run_block(run, cli.now(), cli.style))
+    cli.show(run, lambda: flows.run_view(run, cli))
     return 0
 
 
@@ -282,16 +245,20 @@ def client_command(
 
 
 def register(command: AddCommand) -> None:
+    from runlane.cli import flows  # it imports this module
+
     submit = client_command(
         command,
         "submit",
-        cmd_submit,
-        "submit a run of a task",
+        flows.cmd_submit,
+        "submit a run of a task, a flow (a run that waits for its children) or a batch of runs",
         'runlane submit demo.echo --input \'{"hello": "world"}\'',
         "runlane submit demo.sleep --input '{\"seconds\": 2}' --delay 5m --priority 1 -q",
         "echo '{\"steps\": 5}' | runlane submit demo.progress --input - --key order-42",
+        "runlane submit demo.collect --child demo.echo:'{\"n\": 1}' --child demo.noop",
+        "runlane submit --batch runs.jsonl --json",
     )
-    _submit_options(submit)
+    flows.submit_options(submit)
     get = client_command(command, "get", cmd_get, "show a run", "runlane get RUN_ID --json")
     get.add_argument("run_id", metavar="RUN_ID", help="the run's id")
     listing = client_command(
@@ -341,52 +308,6 @@ def register(command: AddCommand) -> None:
     ):
         cmd = client_command(command, name, func, help, f"runlane {name} RUN_ID")
         cmd.add_argument("run_id", metavar="RUN_ID", help="the run's id")
-
-
-def _submit_options(submit: argparse.ArgumentParser) -> None:
-    add = submit.add_argument
-    add("task", metavar="TASK", help="a registered task name (see: runlane tasks)")
-    add(
-        "--input",
-        type=json_value,
-        metavar="JSON",
-        help=f"the run's input: {INPUT_HELP} (default null)",
-    )
-    add("--queue", metavar="QUEUE", help="the queue (default: the task's, else default)")
-    add("--priority", type=int, metavar="1..10", help="lower runs first (default 5)")
-    when = submit.add_mutually_exclusive_group()
-    delay_help = "start no sooner than this from now: 30s, 5m, 1500ms, or plain ms"
-    when.add_argument(
-        "--delay",
-        "--delay-ms",
-        dest="delay",
-        type=duration("ms"),
-        metavar="DURATION",
-        help=delay_help,
-    )
-    time_help = "start no sooner than this RFC 3339 time, e.g. 2030-01-01T09:00:00Z"
-    when.add_argument("--run-at", type=rfc3339, metavar="TIME", help=time_help)
-    add("--max-attempts", type=int, metavar="N", help="attempts (default: the task's, else 1)")
-    backoff_help = "wait before a retry: exponential:500ms, fixed:2s:0.2 (TYPE:DELAY[:JITTER])"
-    add("--backoff", type=backoff, metavar="POLICY", help=backoff_help + ", or a JSON object")
-    timeout_help = "an attempt running longer fails with Timeout: seconds, or 90s, 5m"
-    add("--timeout", type=duration("s"), metavar="SECONDS", help=timeout_help)
-    add("--metadata", type=json_object, metavar="JSON", help="a JSON object stored with the run")
-    key_help = "Idempotency-Key: the same key and body again give the first run, never a second"
-    add("--key", "--idempotency-key", dest="key", help=key_help)
-    add(
-        "--limit-key",
-        metavar="KEY",
-        help="what the queue's per-key limits count by, e.g. a customer",
-    )
-    dedupe_help = "while a run with this key is live, submitting it again gives that run"
-    add("--dedupe-key", metavar="KEY", help=dedupe_help)
-    mode = submit.add_mutually_exclusive_group()
-    ttl_help = "the dedupe key holds this long after the first run, ended or not: 30s, 5m"
-    mode.add_argument("--dedupe-ttl", type=duration("s"), metavar="DURATION", help=ttl_help)
-    debounce_help = "delay the run this long; a submit before it starts replaces its input"
-    mode.add_argument("--debounce", type=duration("ms"), metavar="DURATION", help=debounce_help)
-    add("-q", "--quiet", action="store_true", help="print only the run's id")
 
 
 def _list_options(listing: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """The Python client: its tail (against a local websocket server that drops connections) and
-the printing of a tail, its errors (problem fields, an unreachable server named by URL), and how
-it finds the server and token."""
+the printing of a tail, its errors (problem fields, an unreachable server named by URL), batches
+and flows (against a local fake of their endpoints), and how it finds the server and token."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ from websockets.sync.server import ServerConnection, serve
 
 from app.config import ConfigError
 from runlane.cli.output import Style, final_line, progress_bar, render_tail
-from runlane.client import ApiError, Client, Unreachable, find_token, server_url
+from runlane.client import (
+    BATCH_MAX,
+    ApiError,
+    BatchRefused,
+    Client,
+    Unreachable,
+    find_token,
+    server_url,
+)
 
 
 def event(seq: int, kind: str = "run.progress", **data: Any) -> dict[str, Any]:
@@ -225,3 +233,146 @@ def test_the_token_is_the_given_one_else_runlane_token_else_the_dev_token(tmp_pa
     client = Client.from_env(None, None, {**env, "PORT": "9999"})
     assert (client.base_url, client.token, client.token_from) == (
         "http://127.0.0.1:9999", "dev_abc", str(home / "dev-token"))  # fmt: skip
+
+
+# --- batches and flows --------------------------------------------------------------------------
+
+Seen = list[tuple[str, str, dict[str, str], Any]]  # method, path, headers, JSON body
+
+
+class FlowApi(BaseHTTPRequestHandler):
+    """Batches, flows and a parent's children, as the API answers them: a batch's runs get ids
+    from their inputs and one with priority 0 is refused, naming it; a flow's parent answers
+    its body; the five children of parent p1 are listed newest first, two a page."""
+
+    protocol_version = "HTTP/1.1"
+    seen: Seen
+    CHILDREN = [{"id": f"c{i}", "task": "demo.echo", "parent_id": "p1"} for i in range(5, 0, -1)]
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(("POST", self.path, dict(self.headers.items()), body))
+        if self.path == "/v1/runs":
+            self._send(201, {"id": "p1", "status": "waiting", **body})
+            return
+        bad = [i for i, run in enumerate(body["runs"]) if run.get("priority") == 0]
+        if bad:
+            errors = [{"field": f"runs[{i}].priority", "message": "at least 1"} for i in bad]
+            fields = ", ".join(error["field"] for error in errors)
+            self._send(422, {"title": "Unprocessable Entity", "status": 422,
+                             "detail": f"invalid fields: {fields}", "errors": errors})  # fmt: skip
+            return
+        self._send(201, {"items": [{"id": f"r{run['input']}", **run} for run in body["runs"]]})
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.seen.append(("GET", self.path, dict(self.headers.items()), None))
+        start = int(parse_qs(urlsplit(self.path).query).get("cursor", ["0"])[0])
+        more = start + 2 < len(self.CHILDREN)
+        self._send(200, {"items": self.CHILDREN[start : start + 2],
+                         "next_cursor": str(start + 2) if more else None})  # fmt: skip
+
+    def _send(self, status: int, body: Any) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def flow_api() -> Iterator[tuple[Client, Seen]]:
+    """A client of a FlowApi of this test's own, and the requests that server saw."""
+    seen: Seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Recording", (FlowApi,), {"seen": seen}))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield Client(f"http://127.0.0.1:{httpd.server_port}", "tok"), seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def bodies(count: int) -> list[dict[str, Any]]:
+    return [{"task": "demo.echo", "input": i} for i in range(count)]
+
+
+def test_submit_many_makes_the_runs_in_one_request_with_the_idempotency_key(
+    flow_api: tuple[Client, Seen],
+) -> None:
+    client, seen = flow_api
+    made = client.submit_many(bodies(3), idempotency_key="batch-1")
+    assert [run["id"] for run in made] == ["r0", "r1", "r2"]
+    ((method, path, headers, body),) = seen
+    assert (method, path, body) == ("POST", "/v1/runs/batch", {"runs": bodies(3)})
+    assert headers["Idempotency-Key"] == "batch-1"
+    assert client.submit_many([]) == [] and len(seen) == 1, "no runs: no request"
+
+
+def test_submit_many_sends_more_than_a_batch_in_order_in_requests_of_a_batch(
+    flow_api: tuple[Client, Seen],
+) -> None:
+    client, seen = flow_api
+    made = client.submit_many(bodies(2 * BATCH_MAX + 5))
+    assert [run["id"] for run in made] == [f"r{i}" for i in range(2 * BATCH_MAX + 5)]
+    assert [len(body["runs"]) for _, _, _, body in seen] == [BATCH_MAX, BATCH_MAX, 5]
+    assert all("Idempotency-Key" not in headers for _, _, headers, _ in seen)
+
+
+def test_submit_many_with_a_key_never_splits_the_runs_into_several_requests(
+    flow_api: tuple[Client, Seen],
+) -> None:
+    client, seen = flow_api
+    with pytest.raises(ValueError, match=f"at most {BATCH_MAX} runs, not {BATCH_MAX + 1}"):
+        client.submit_many(bodies(BATCH_MAX + 1), idempotency_key="k")
+    assert seen == []
+    assert len(client.submit_many(bodies(BATCH_MAX), idempotency_key="k")) == BATCH_MAX
+
+
+def test_a_refused_request_of_a_split_batch_says_what_was_made_and_which_runs_it_refused(
+    flow_api: tuple[Client, Seen],
+) -> None:
+    client, seen = flow_api
+    runs = bodies(BATCH_MAX + 10)
+    runs[BATCH_MAX + 3]["priority"] = runs[-1]["priority"] = 0
+    with pytest.raises(BatchRefused) as raised:
+        client.submit_many(runs)
+    refused = raised.value
+    assert isinstance(refused, ApiError) and refused.status == 422 and len(seen) == 2
+    assert (refused.offset, len(refused.made)) == (BATCH_MAX, BATCH_MAX)
+    assert refused.made[-1]["id"] == f"r{BATCH_MAX - 1}"
+    assert refused.fields == [(f"runs[{BATCH_MAX + 3}].priority", "at least 1"),
+                              (f"runs[{BATCH_MAX + 9}].priority", "at least 1")]  # fmt: skip
+    assert str(refused) == (
+        "422 Unprocessable Entity: invalid fields: "
+        f"runs[{BATCH_MAX + 3}].priority, runs[{BATCH_MAX + 9}].priority"
+    )
+    with pytest.raises(BatchRefused) as first:
+        client.submit_many([{"task": "demo.echo", "input": 0, "priority": 0}])
+    assert first.value.made == [] and first.value.fields[0][0] == "runs[0].priority"
+
+
+def test_submit_flow_sends_the_parent_with_its_children(flow_api: tuple[Client, Seen]) -> None:
+    client, seen = flow_api
+    children = [{"task": "demo.echo", "input": 1},
+                {"task": "demo.collect", "children": [{"task": "demo.noop"}]}]  # fmt: skip
+    parent = client.submit_flow("demo.collect", children, idempotency_key="f1", priority=2)
+    assert parent["status"] == "waiting"
+    ((_, path, headers, body),) = seen
+    assert path == "/v1/runs" and headers["Idempotency-Key"] == "f1"
+    assert body == {"task": "demo.collect", "input": None, "children": children,
+                    "on_child_failure": "fail", "priority": 2}  # fmt: skip
+    client.submit_flow("demo.collect", children[:1], on_child_failure="ignore", input={"a": 1})
+    assert (seen[1][3]["on_child_failure"], seen[1][3]["input"]) == ("ignore", {"a": 1})
+    assert "Idempotency-Key" not in seen[1][2]
+
+
+def test_children_follows_every_page_and_gives_them_in_the_order_given(
+    flow_api: tuple[Client, Seen],
+) -> None:
+    client, seen = flow_api
+    assert [run["id"] for run in client.children("p1")] == ["c1", "c2", "c3", "c4", "c5"]
+    queries = [parse_qs(urlsplit(path).query) for _, path, _, _ in seen]
+    assert [query.get("cursor") for query in queries] == [None, ["2"], ["4"]]
+    assert all(query["parent_id"] == ["p1"] and query["limit"] == ["200"] for query in queries)
