@@ -55,12 +55,11 @@ class DedupeKeyHeld(Exception):
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch's runs in the order of its items; created[i] is False where a live run held item
-    i's dedupe key and answers for it. `fingerprint`: the batch's Idempotency-Key was used
-    before, by the request with this fingerprint, and these are the runs that request made."""
+    """A batch's runs in the order of its items (a live run holding an item's dedupe key stands
+    for it). `fingerprint`: the batch's Idempotency-Key was used before, by the request with
+    this fingerprint, and these are the runs that request made."""
 
     runs: list[Run]
-    created: list[bool]
     fingerprint: str | None = None
     queued: list[Run] = field(default_factory=list)  # made queued: for RQ
 
@@ -139,15 +138,15 @@ def create_batch(
     made = {run.id: run for run in inserted}
     found = [_answer(answers[i], made, ids) or made[str(run_id)] for i, run_id in enumerate(ids)]
     queued = [run for run in inserted if run.status is RunStatus.QUEUED]
-    return Batch(found, [answer is None for answer in answers], queued=queued)
+    return Batch(found, queued=queued)
 
 
 def _made_before(conn: Conn, tenant: str, key: str) -> Batch:
     row = conn.execute(q("batch_by_key"), {"tenant": tenant, "key": key}).fetchone()
     assert row is not None  # the conflicting row is committed: the insert waited for it
     found = conn.execute(q("runs_by_ids"), {"tenant": tenant, "ids": row["run_ids"]})
-    made = [_with_children(Run.from_row(r)) for r in found]
-    return Batch(made, [True] * len(made), fingerprint=row["request_fingerprint"])
+    made = [Run.from_row(r) for r in found]
+    return Batch(made, fingerprint=row["request_fingerprint"])
 
 
 def _dedupe_items(
@@ -262,22 +261,13 @@ def _text(value: uuid.UUID | None) -> str | None:
 
 
 def _with_children(run: Run) -> Run:
-    """A run read without its `children` summary (by a statement that changed it), given one."""
-    if run.children_total == 0 or run.children is not None:
+    """A run just made, given the `children` summary the statement that made it cannot select
+    (runlane_children_summary reads children the same statement inserts): none ended yet."""
+    if run.children_total == 0:
         return run
-    return dataclasses.replace(run, children=summary(run, None))
-
-
-def summary(run: Run, counts: dict[str, int] | None) -> dict[str, int]:
-    """A parent's `children` as runs show it, from how many of its children ended how."""
-    ended = counts or {"succeeded": 0, "failed": 0, "cancelled": 0}
-    return {
-        "total": run.children_total,
-        "succeeded": ended["succeeded"],
-        "failed": ended["failed"],
-        "cancelled": ended["cancelled"],
-        "pending": run.children_pending,
-    }
+    ended = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    summary = {"total": run.children_total, **ended, "pending": run.children_pending}
+    return dataclasses.replace(run, children=summary)
 
 
 # -- after a change ------------------------------------------------------------------------------

@@ -17,31 +17,24 @@ from app.web.schemas import RunCreate
 
 
 def flow_of(spec: RunCreate, key: str | None, fp: str | None, *, where: str = "") -> flows.Node:
-    """The run to make and its children: 422 naming the field when the tree is too deep or has
-    too many runs."""
-    count = _count(spec, where, depth=0)
-    if count > flows.MAX_RUNS:
+    """The run to make and its children: 422 naming the field when the tree has too many runs
+    (one too deep the schema refuses: app.web.schemas makes one model per level)."""
+    node = _node(spec, key, fp)
+    if size(node) > flows.MAX_RUNS:
         field = f"{where}children" if where else "children"
         raise errors.bad_fields([(field, f"a request makes at most {flows.MAX_RUNS} runs")])
-    return _node(spec, key, fp)
+    return node
+
+
+def size(node: flows.Node) -> int:
+    """How many runs the tree makes."""
+    return 1 + sum(size(child) for child in node.children)
 
 
 def _children(spec: RunCreate) -> list[RunCreate]:
     """The children given; none for a run at the deepest level, whose model has no field for
     them (app.web.schemas, _flow_levels)."""
     return getattr(spec, "children", None) or []
-
-
-def _count(spec: RunCreate, where: str, depth: int) -> int:
-    children = _children(spec)
-    if not children:
-        return 1
-    if depth >= flows.MAX_DEPTH:
-        message = f"children nest at most {flows.MAX_DEPTH} levels below the first run"
-        raise errors.bad_fields([(f"{where}children", message)])
-    return 1 + sum(
-        _count(child, f"{where}children[{i}].", depth + 1) for i, child in enumerate(children)
-    )
 
 
 def _node(spec: RunCreate, key: str | None, fp: str | None) -> flows.Node:

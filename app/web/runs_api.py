@@ -28,7 +28,7 @@ from app.web.current import (
 )
 from app.web.errors import ApiError
 from app.web.fields import EPOCH
-from app.web.new_runs import flow_of
+from app.web.new_runs import flow_of, size
 from app.web.openapi import (
     CREATED,
     DEDUPLICATED,
@@ -92,7 +92,7 @@ def submit_batch() -> Response:
     spec = validate(RunBatch, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
     items = [flow_of(item, None, None, where=f"runs[{i}].") for i, item in enumerate(spec.runs)]
-    if sum(_size(item) for item in items) > flows.MAX_RUNS:
+    if sum(size(item) for item in items) > flows.MAX_RUNS:
         raise errors.bad_fields([("runs", f"a request makes at most {flows.MAX_RUNS} runs")])
     batch = BatchRequest(tenant(), items, key, fp)
     with _refusing_held_keys():
@@ -229,9 +229,6 @@ def _refusing_held_keys() -> Iterator[None]:
             errors=[{"field": exc.field, "message": message}],
         ) from exc
 
-
-def _size(node: flows.Node) -> int:
-    return 1 + sum(_size(child) for child in node.children)
 
 
 def _response(result: SubmitResult) -> Response:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +53,11 @@ class Restartable:
         ).stdout.strip() == b"PONG"  # fmt: skip
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Restartable]:
-    server = Restartable(tmp_path)
-    server.start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait(10)
-
-
 @pytest.mark.parametrize("concurrency", ["1", "20"])
 def test_redis_killed_and_restarted_empty_mid_load(
-    stack_factory: Callable[..., Stack], redis_server: Restartable, concurrency: str
+    stack_factory: Callable[..., Stack], own_redis: Restartable, concurrency: str
 ) -> None:
-    env = {"REDIS_URL": redis_server.url, "RUNLANE_WORKER_CONCURRENCY": concurrency}
+    env = {"REDIS_URL": own_redis.url, "RUNLANE_WORKER_CONCURRENCY": concurrency}
     stack = stack_factory(**env).start_all()
     api = Client(stack.base, "tok-alpha", timeout=10)
     long_runs = [api.submit("demo.progress", {"steps": 40, "interval_ms": 50}) for _ in range(5)]
@@ -83,9 +73,9 @@ def test_redis_killed_and_restarted_empty_mid_load(
     submitter.start()
     try:
         wait_for(lambda: len(made) >= 50, 20, message="submits before the kill")
-        redis_server.kill()
+        own_redis.kill()
         wait_for(lambda: len(made) >= 100, 20, message="submits while Redis is down")
-        redis_server.start()
+        own_redis.start()
         wait_for(lambda: len(made) >= 150, 20, message="submits after the restart")
     finally:
         stop.set()

@@ -16,32 +16,12 @@ from typing import Any
 import pytest
 
 from app.config import ConfigError
-from runlane.cli import flows, main, parser
+from runlane.cli import flows, parser
 from runlane.cli.commands import Cli
 from runlane.cli.output import PLAIN, Style
 from runlane.client import BATCH_MAX, ApiError
-from runlane.embedded import free_port
+from tests.unit.cli import cli
 from tests.unit.test_client import FlowApi, Seen
-
-
-def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
-    """`runlane ARGS` in this process: its exit code, stdout and stderr."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit:  # argparse: --help, usage errors
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-@pytest.fixture
-def nowhere(monkeypatch: Any) -> str:
-    """A server URL nothing answers on, and a token: a usage error is said before any request."""
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("RUNLANE_URL", url)
-    monkeypatch.setenv("RUNLANE_TOKEN", "tok")
-    return url
 
 
 def stdin(monkeypatch: Any, data: bytes) -> None:

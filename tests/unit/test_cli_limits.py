@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from runlane.cli import limits, main, parser
+from runlane.cli import limits, parser
 from runlane.embedded import free_port
+from tests.unit.cli import cli
 
 
 @pytest.mark.parametrize(
@@ -70,16 +71,6 @@ def test_limits_block_has_one_line_per_limit() -> None:
     assert [line.split() for line in limits.limits_block({}).splitlines()] == [
         [name, "none"] for name in limits.FIELDS
     ]
-
-
-def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exit:  # argparse: --help, usage errors
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from runlane.cli import admin, commands, main, output, parser
+from runlane.cli import admin, commands, output, parser
 from runlane.cli.output import PLAIN, Style
-from runlane.embedded import free_port
+from tests.unit.cli import cli
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 COLOUR = Style(True)
@@ -324,26 +324,6 @@ def test_client_options_work_before_and_after_the_command() -> None:
 
 CLIENT_COMMANDS = ("submit", "get", "list", "events", "tail", "cancel", "retry", "queues",
                    "pause", "resume", "tasks", "workers", "schedules")  # fmt: skip
-
-
-def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
-    """`runlane ARGS` in this process: its exit code, stdout and stderr."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit:  # argparse: --help, usage errors
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-@pytest.fixture
-def nowhere(monkeypatch: Any) -> str:
-    """A server URL nothing answers on, and a token, in the environment."""
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("RUNLANE_URL", url)
-    monkeypatch.setenv("RUNLANE_TOKEN", "tok")
-    return url
 
 
 def test_help_names_every_command_and_where_server_and_token_come_from(capsys: Any) -> None:

@@ -49,7 +49,8 @@ SELECT * FROM batch_requests WHERE tenant = %(tenant)s AND idempotency_key = %(k
 
 -- name: runs_by_ids
 -- These runs of a tenant, in the order of the list.
-SELECT r.*, runlane_queue_paused(r.tenant, r.queue) AS queue_paused
+SELECT r.*, runlane_queue_paused(r.tenant, r.queue) AS queue_paused,
+       runlane_children_summary(r) AS children
 FROM unnest(%(ids)s::uuid[]) WITH ORDINALITY AS l(id, place)
 JOIN runs r ON r.id = l.id AND r.tenant = %(tenant)s
 ORDER BY l.place;
@@ -59,14 +60,6 @@ ORDER BY l.place;
 SELECT id, task, status, result, error FROM runs
 WHERE parent_id = %(id)s
 ORDER BY child_index;
-
--- name: children_counts
--- How a parent's children stand, for its `children` summary.
-SELECT count(*) AS total,
-       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-FROM runs WHERE parent_id = %(id)s;
 
 -- name: take_cascades
 -- Parents that ended before their children (marked cascade_pending by the flow trigger), in
