@@ -61,7 +61,7 @@ class Batch:
 
     runs: list[Run]
     fingerprint: str | None = None
-    queued: list[Run] = field(default_factory=list)  # made queued: for RQ
+    made: list[Run] = field(default_factory=list)  # every run the request made, children too
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,7 @@ def create_batch(
         inserted = _insert(conn, tenant, planned)
     made = {run.id: run for run in inserted}
     found = [_answer(answers[i], made, ids) or made[str(run_id)] for i, run_id in enumerate(ids)]
-    queued = [run for run in inserted if run.status is RunStatus.QUEUED]
-    return Batch(found, queued=queued)
+    return Batch(found, made=inserted)
 
 
 def _made_before(conn: Conn, tenant: str, key: str) -> Batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -70,10 +71,7 @@ def submit_run() -> Response:
     with _refusing_held_keys():
         result = submit(ports, flow.run)
     relay_nudged()  # a new run's dispatch pipeline nudged; a replay committed nothing
-    if result.replayed:
-        metrics().idempotent_replays.inc()
-    elif result.run is not None:
-        metrics().runs_created.labels(result.run.queue).inc()
+    _count(result)
     return _response(result)
 
 
@@ -98,8 +96,7 @@ def submit_batch() -> Response:
     with _refusing_held_keys():
         result = submit_batch_runs(Ports.of(services(), idempotency_store(), shown), batch)
     relay_nudged()
-    if result.replayed:
-        metrics().idempotent_replays.inc()
+    _count(result)
     response = Response(result.body, 201, mimetype="application/json")
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -204,6 +201,14 @@ def list_events(run_id: str) -> Any:
     return {"items": [event.to_json() for event in events]}
 
 
+def _count(result: SubmitResult) -> None:
+    """A submit's replay, or the runs it made (per queue: a batch's may be many)."""
+    if result.replayed:
+        metrics().idempotent_replays.inc()
+    for queue, made in Counter(run.queue for run in result.made).items():
+        metrics().runs_created.labels(queue).inc(made)
+
+
 def _enqueue(queued: list[Run]) -> None:
     svc = services()
     try:
@@ -228,7 +233,6 @@ def _refusing_held_keys() -> Iterator[None]:
             slug="dedupe-key-held",
             errors=[{"field": exc.field, "message": message}],
         ) from exc
-
 
 
 def _response(result: SubmitResult) -> Response:

@@ -43,11 +43,11 @@ class Keyed(Protocol):
 @dataclass(frozen=True)
 class Made:
     """What Postgres answered a submit: the run, whether it was made now (else it answers for
-    the request: it holds the key), and the runs made queued, for RQ (a flow's children)."""
+    the request: it holds the key), and every run made (a flow's children too)."""
 
     run: Run
     created: bool
-    queued: Sequence[Run] = ()
+    made: Sequence[Run] = ()
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class Ports:
             create = flows.flow_creator(flow, made) if flow is not None else None
             with services.pool.connection() as conn:
                 run, created = dedupe.create_run(conn, new, create)
-            queued = made if flow is not None else [run]
-            return Made(run, created, [r for r in queued if r.status is RunStatus.QUEUED])
+            return Made(run, created, (made if flow is not None else [run]) if created else [])
 
         def create_batch(batch: BatchRequest) -> flows.Batch:
             with services.pool.connection() as conn:
@@ -109,6 +108,7 @@ class SubmitResult:
     body: bytes
     replayed: bool
     run: Run | None  # None for a replay from Redis, which keeps only the response
+    made: Sequence[Run] = ()  # the runs this request made, a flow's children and a batch's too
 
     @property
     def run_id(self) -> str:
@@ -133,8 +133,8 @@ def submit(ports: Ports, new: runs.NewRun) -> SubmitResult:
     if not made.created:
         return _deduplicated(ports, run, new, claimed=claimed)
     body = _dump(ports.show(run))
-    _dispatch_and_store(ports, made.queued, new, body, claimed=claimed)
-    return SubmitResult(201, body, replayed=False, run=run)
+    _dispatch_and_store(ports, made.made, new, body, claimed=claimed)
+    return SubmitResult(201, body, replayed=False, run=run, made=made.made)
 
 
 def submit_batch(ports: Ports, batch: BatchRequest) -> SubmitResult:
@@ -155,8 +155,8 @@ def submit_batch(ports: Ports, batch: BatchRequest) -> SubmitResult:
         if claimed:
             _store_or_let_lapse(ports.store, batch, made.runs[0], body, 201)
         return SubmitResult(201, body, replayed=True, run=None)
-    _dispatch_and_store(ports, made.queued, batch, body, claimed=claimed)
-    return SubmitResult(201, body, replayed=False, run=None)
+    _dispatch_and_store(ports, made.made, batch, body, claimed=claimed)
+    return SubmitResult(201, body, replayed=False, run=None, made=made.made)
 
 
 def _claimed(
@@ -227,7 +227,7 @@ def _store_or_let_lapse(
 
 
 def _dispatch_and_store(
-    ports: Ports, queued: Sequence[Run], new: Keyed, body: bytes, *, claimed: bool
+    ports: Ports, made: Sequence[Run], new: Keyed, body: bytes, *, claimed: bool
 ) -> None:
     """Hands the queued runs made to RQ and stores the idempotent response, in one round trip.
 
@@ -235,6 +235,7 @@ def _dispatch_and_store(
     children queue their parent. If Redis fails here the runs are committed anyway, and the
     scheduler's sweep dispatches runs that never reached RQ.
     """
+    queued = [run for run in made if run.status is RunStatus.QUEUED]
     pipe = ports.redis.pipeline(transaction=False)
     try:
         if queued:  # (RQ asks Redis its version once per client)

@@ -233,3 +233,15 @@ def test_cancelling_a_waiting_parent_cancels_its_children_at_once(client: FlaskC
     assert {run["status"] for run in listed} == {"cancelled"}
     assert event_types(client, listed[0]["id"]) == ["run.queued", "run.cancelled"]
     assert client.get("/v1/runs?parent_id=nope", headers=ALPHA).status_code == 400
+
+
+def test_every_run_a_flow_or_a_batch_makes_is_counted_in_metrics(client: FlaskClient) -> None:
+    flow = {"task": "demo.collect", "children": [{"task": "demo.echo", "queue": "mail"}] * 2}
+    assert post(client, "/v1/runs", flow, key="f").status_code == 201
+    assert post(client, "/v1/runs", flow, key="f").status_code == 201  # a replay makes none
+    batch = {"runs": [{"task": "demo.echo"}, {"task": "demo.echo", "queue": "mail"}]}
+    assert post(client, "/v1/runs/batch", batch).status_code == 201
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'runlane_runs_created_total{queue="default"} 2.0' in text
+    assert 'runlane_runs_created_total{queue="mail"} 3.0' in text
+    assert "runlane_idempotent_replays_total 1.0" in text

@@ -52,7 +52,7 @@ class FakeRuns:
         self.created.append(run)
         if new.idempotency_key is not None:
             self.runs[(new.tenant, new.idempotency_key)] = run
-        return Made(run, True, [run] if run.status is RunStatus.QUEUED else [])
+        return Made(run, True, [run])
 
 
 def _run(new: NewRun) -> Run:
