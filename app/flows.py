@@ -20,7 +20,7 @@ import psycopg
 from redis import Redis, RedisError
 
 from app import dedupe, dispatch, logs, runs
-from app.db import jsonb, q
+from app.db import q, request_jsonb
 from app.domain import Run, RunStatus, rfc3339
 from app.redis_keys import Keys
 from app.runs import Conn, NewRun, RunConflict
@@ -221,9 +221,10 @@ def _insert(conn: Conn, tenant: str, planned: list[_Planned]) -> list[Run]:
     if not planned:
         return []
     rows = [_row(place, run) for place, run in enumerate(planned, 1)]
-    made = conn.execute(q("insert_runs"), {"tenant": tenant, "runs": jsonb(rows)}).fetchall()
-    by_id = {str(row["id"]): _with_children(Run.from_row(row)) for row in made}
-    return [by_id[str(run.id)] for run in planned if str(run.id) in by_id]
+    params = {"tenant": tenant, "runs": request_jsonb(rows)}
+    made = conn.execute(q("insert_runs"), params).fetchall()
+    by_id = {run.id: _with_children(run) for run in map(Run.from_row, made)}
+    return [found for run in planned if (found := by_id.get(str(run.id))) is not None]
 
 
 def _row(place: int, planned: _Planned) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from redis import Redis, RedisError
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from app import dedupe, dispatch, flows, logs, runs
+from app import dedupe, dispatch, flows, jsontext, logs, runs
 from app.domain import Run, RunStatus
 from app.redis_keys import Keys
 from app.services import Services
@@ -269,4 +269,4 @@ def _release(store: IdempotencyStore, new: Keyed) -> None:
 
 
 def _dump(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return jsontext.dumps(value)

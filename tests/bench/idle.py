@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stack = start_stack(
                 servers.redis_url, servers.database_url, f"idle{uuid.uuid4().hex[:6]}",
-                Path(tmp), web_only=False,
+                Path(tmp), web_only=False, worker=True,
             )  # fmt: skip
             try:
                 usage, counts = measure(stack, servers, args.settle, args.seconds)

@@ -7,7 +7,9 @@ latency percentiles. Then it waits until every run submitted has succeeded and e
 every run is in its Redis stream, and prints that end-to-end rate too: runs over the time from
 the first submit to the last event in its stream. `--url` benchmarks an already running API
 (submits only). `--batch N` posts N runs per request to POST /v1/runs/batch instead (Python
-generator), and prints runs/s accepted and the rate the backlog then drains at.
+generator) with the worker held back, as a bulk load is: it prints the runs/s accepted, then starts
+the worker and prints the rate the backlog drains at (`--workers-during` keeps the worker running
+through the submits instead, sharing the machine with them).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="runs per request: above 1, POST /v1/runs/batch (and 4 clients unless --clients)",
     )  # fmt: skip
     parser.add_argument(
+        "--workers-during", action="store_true",
+        help="with --batch: run the worker through the submits (else it starts after them)",
+    )  # fmt: skip
+    parser.add_argument(
         "--generator", choices=("auto", "wrk", "python"), default="auto",
         help="the load generator: wrk when installed (auto), else Python threads",
     )  # fmt: skip
@@ -83,13 +89,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def one_round(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
+    backlog = args.batch > 1 and not args.workers_during and not args.web_only
     with servers() as (redis_url, database_url), tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(redis_url, database_url, prefix, Path(tmp), web_only=args.web_only)
+        stack = start_stack(
+            redis_url, database_url, prefix, Path(tmp), web_only=args.web_only, worker=not backlog
+        )
         roots = [p.pid for group in stack.procs.values() for p in group] + cpu.server_pids()
         try:
             wal_before, cpu_before = wal_lsn(database_url), cpu.snapshot(roots)
             began = time.monotonic()
             result = load(args, stack.base, TOKEN, run_id=prefix)
+            if backlog:  # what accepting cost, the worker not yet started
+                accepted = runs_created(database_url)
+                result["accept_cpu_ms_per_run"] = {
+                    kind: 1000 * spent / max(1, accepted)
+                    for kind, spent in cpu.spent(cpu_before, cpu.snapshot(roots)).items()
+                }
+                roots.append(stack.start("worker").pid)
+                wait_first_start(database_url)
             if not args.web_only:
                 result["end_to_end"] = settle(redis_url, database_url, prefix, began)
                 result["drain"] = result["end_to_end"].pop("drain")
@@ -138,6 +155,18 @@ def runs_created(database_url: str) -> int:
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM runs").fetchone()
     return int(row[0]) if row else 0
+
+
+def wait_first_start(database_url: str) -> None:
+    """Returns once the worker just started has taken its first run (its start-up not counted
+    in the drain)."""
+    deadline = time.monotonic() + 60
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        taken = "SELECT 1 FROM runs WHERE status <> 'queued' LIMIT 1"
+        while conn.execute(taken).fetchone() is None:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: the worker took no run within 60 s")
+            time.sleep(0.01)
 
 
 def settle(redis_url: str, database_url: str, prefix: str, began: float) -> dict[str, float]:
@@ -197,7 +226,7 @@ def servers() -> Iterator[tuple[str, str]]:
 
 
 def start_stack(
-    redis_url: str, database_url: str, prefix: str, tmp: Path, *, web_only: bool
+    redis_url: str, database_url: str, prefix: str, tmp: Path, *, web_only: bool, worker: bool
 ) -> Stack:
     env = {
         "PORT": str(free_port()),
@@ -210,9 +239,12 @@ def start_stack(
     logdir = tmp / "logs"
     logdir.mkdir()
     stack = Stack(env, logdir)
-    if web_only:
+    if web_only or not worker:
         stack.run_release()
         stack.start("web")
+        if not web_only:
+            stack.start("relay")
+            stack.start("scheduler")
         stack.wait_ready()
     else:
         stack.start_all()
@@ -328,9 +360,15 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     drain = result.get("drain")
     if isinstance(drain, dict) and drain["runs"]:
         print(
-            f"drain: the {drain['runs']} runs not done when the submits stopped were done in "
-            f"{drain['seconds']:.1f} s: {drain['runs'] / drain['seconds']:,.0f} runs/s"
+            f"drain: the {drain['runs']} runs not done when the submits stopped (with --batch: "
+            f"when the worker took its first) were done in {drain['seconds']:.1f} s: "
+            f"{drain['runs'] / drain['seconds']:,.0f} runs/s"
         )
+    accepting = result.get("accept_cpu_ms_per_run")
+    if isinstance(accepting, dict):
+        kinds = ", ".join(f"{kind} {ms:.2f}" for kind, ms in accepting.items())
+        print(f"CPU ms per run accepted, while accepting: {kinds}; "
+              f"all {sum(accepting.values()):.2f}")  # fmt: skip
     per_run = result.get("cpu_ms_per_run")
     if isinstance(per_run, dict):
         kinds = ", ".join(f"{kind} {ms:.2f}" for kind, ms in per_run.items())

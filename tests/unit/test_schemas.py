@@ -3,6 +3,7 @@ response schemas of the run and the event, derived from their domain records."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.domain import Event, Run
+from app.domain import Event, Run, RunStatus
 from app.tasks import Registry
 from app.web.responses import EventOut, RunOut
 from app.web.schemas import RunCreate, RunListQuery, ScheduleCreate
@@ -233,6 +234,18 @@ def test_a_run_keeps_its_internal_columns_and_defaults_missing_ones() -> None:
     assert (run.tenant, run.request_fingerprint, run.budget_attempt) == ("alpha", "fp", 2)
     bare = {k: v for k, v in run_row().items() if k not in {"backoff", "attempt_base"}}
     assert Run.from_row(bare).attempt_base == 0
+
+
+def test_a_run_from_a_row_is_the_run_its_constructor_makes() -> None:
+    row = run_row(event_type="run.queued", event_data={"queue": "default"}, queue_paused=False)
+    run = Run.from_row(row)  # columns beside the fields (an outbox change's) are left out
+
+    assert run == dataclasses.replace(run)  # __init__ makes an equal one from its fields
+    assert not hasattr(run, "event_type")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.status = RunStatus.FAILED  # type: ignore[misc]
+    with pytest.raises(TypeError, match="lacks queue, task"):
+        Run.from_row({k: v for k, v in row.items() if k not in {"task", "queue"}})
 
 
 def test_the_event_and_its_schema_have_the_contracts_fields_in_its_order() -> None:
