@@ -6,6 +6,7 @@ or an emptied Redis); the worker's claim in Postgres makes every delivery but on
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.queue import EnqueueData
@@ -24,6 +26,7 @@ from app.redis_keys import ENQUEUE_JOBS, Keys
 JOB_FUNC = "workers.execute.perform"
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # as long as every run id: a uuid
 SCRIPT_CHUNK = 1000  # jobs per ENQUEUE_JOBS call (Lua's unpack has a limit)
+ENQUEUE_JOBS_SHA = hashlib.sha1(ENQUEUE_JOBS.encode()).hexdigest()  # what Redis names it by
 CANCEL_FLAG_TTL_S = 24 * 3600  # a worker polls the flag while the attempt runs, a lease at most
 
 
@@ -33,28 +36,42 @@ def enqueue(
     """Push the runs onto their queue's priority list, in one pipeline. Returns how many.
 
     Given a `pipeline`, the commands are only added to it: the caller executes it together with
-    its own (the web's submit path stores the idempotent response in the same round trip).
+    its own (the web's submit path stores the idempotent response in the same round trip). The
+    script goes by SHA, as a Script object would first ask SCRIPT EXISTS, a second round trip:
+    if that execute raises NoScriptError (Redis restarted and forgot the script), the caller
+    enqueues again without a pipeline, which loads it.
     """
     by_queue: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_queue[keys.rq_queue(run.queue, run.priority)].append(run)
     if not by_queue:
         return 0
-    pipe = pipeline if pipeline is not None else redis.pipeline(transaction=False)
+    if pipeline is not None:
+        _add(redis, keys, by_queue, pipeline)
+        return sum(len(batch) for batch in by_queue.values())
+    for loaded in (False, True):
+        with redis.pipeline(transaction=False) as pipe:
+            _add(redis, keys, by_queue, pipe)
+            try:
+                pipe.execute()
+                break
+            except NoScriptError:  # nothing of the scripts ran: once more, the script loaded
+                if loaded:
+                    raise
+                redis.script_load(ENQUEUE_JOBS)
+    return sum(len(batch) for batch in by_queue.values())
+
+
+def _add(redis: Redis, keys: Keys, by_queue: dict[str, list[Run]], pipe: Pipeline) -> None:
     for name, batch in by_queue.items():
         template = _template(redis, name)
         if template is None or any(len(run.id) != len(PLACEHOLDER) for run in batch):
             _enqueue_each(redis, name, batch, pipe)
             continue
-        push = redis.register_script(ENQUEUE_JOBS)
         for start in range(0, len(batch), SCRIPT_CHUNK):
-            args = template.args([run for run in batch[start : start + SCRIPT_CHUNK]])
-            push(keys=[Queue(name, connection=redis).key, Queue.redis_queues_keys], args=args,
-                 client=pipe)  # fmt: skip
+            args = template.args(batch[start : start + SCRIPT_CHUNK])
+            pipe.evalsha(ENQUEUE_JOBS_SHA, 2, template.queue_key, Queue.redis_queues_keys, *args)
     nudge_relay(pipe, keys)  # every dispatch follows a commit that wrote a run.queued event
-    if pipeline is None:
-        pipe.execute()
-    return sum(len(batch) for batch in by_queue.values())
 
 
 def _job(run_id: str, description: str) -> EnqueueData:
@@ -83,6 +100,7 @@ def _description(run: Run) -> str:
 class _Template:
     """What RQ writes for one job of ours on a queue, but for the fields that name the run."""
 
+    queue_key: str  # the RQ queue's list
     shared: list[Any]  # field, value pairs: the same for every job of this enqueue
     data: bytes  # RQ's serialized call of the job function, on PLACEHOLDER (uncompressed)
 
@@ -119,7 +137,7 @@ def _template(redis: Redis, name: str) -> _Template | None:
     fields.pop("description")
     if data.count(PLACEHOLDER.encode()) != 1 or PLACEHOLDER in str(fields):
         return None
-    return _Template([item for pair in fields.items() for item in pair], data)
+    return _Template(queue.key, [item for pair in fields.items() for item in pair], data)
 
 
 def _compress(data: bytes) -> bytes:

@@ -309,8 +309,8 @@ def after_change(conn: Conn, redis: Redis, keys: Keys, changed: Sequence[Run | N
     try:
         with redis.pipeline(transaction=False) as pipe:
             dispatch.request_stops(pipe, keys, settled.stop)
-            dispatch.enqueue(redis, keys, settled.enqueue, pipeline=pipe)
             pipe.execute()
+        dispatch.enqueue(redis, keys, settled.enqueue)
     except RedisError as exc:
         log.warning("flows.hand_over_failed", extra={"roots": len(roots), "error": str(exc)})
 

@@ -246,8 +246,11 @@ def _dispatch_and_store(
             _store(ports.store, new, body, pipeline=pipe)
         try:
             pipe.execute()
-        except NoScriptError:  # Redis restarted and forgot the script; the other commands ran
-            _store(ports.store, new, body)
+        except NoScriptError:  # Redis restarted and forgot the scripts; the other commands ran
+            if queued:  # (a duplicate push is a no-op: the worker's claim fences it)
+                dispatch.enqueue(ports.redis, ports.keys, queued)
+            if claimed:
+                _store(ports.store, new, body)
     except RedisError as exc:
         log.warning("submit.redis_failed", extra={"runs": len(queued), "error": str(exc)})
 
