@@ -169,8 +169,12 @@ def cmd_get(args: argparse.Namespace, cli: Cli) -> int:
     return 0
 
 
+FLAG_OF = {"parent_id": "parent"}  # list filters whose option is not named as the parameter
+
+
 def cmd_list(args: argparse.Namespace, cli: Cli) -> int:
-    filters = {"status": args.status, "queue": args.queue, "task": args.task, "limit": args.limit}
+    filters = {"status": args.status, "queue": args.queue, "task": args.task,
+               "parent_id": args.parent, "limit": args.limit}  # fmt: skip
     if args.all:
         items = list(cli.client.list_all(**filters, cursor=args.cursor))
         page: dict[str, Any] = {"items": items, "next_cursor": None}
@@ -178,7 +182,9 @@ def cmd_list(args: argparse.Namespace, cli: Cli) -> int:
         page = cli.client.list(**filters, cursor=args.cursor)
     cli.show(page, lambda: output.run_table(page["items"], cli.now(), cli.style) or "no runs")
     if page.get("next_cursor") and not cli.json:
-        flags = "".join(f" --{name} {value}" for name, value in filters.items() if value)
+        flags = "".join(
+            f" --{FLAG_OF.get(name, name)} {value}" for name, value in filters.items() if value
+        )
         hint(f"next: runlane list{flags} --cursor {page['next_cursor']}")
     return 0
 
@@ -315,6 +321,7 @@ def _list_options(listing: argparse.ArgumentParser) -> None:
     add("--status", choices=STATUSES, help="only runs in this status")
     add("--queue", metavar="QUEUE", help="only runs of this queue")
     add("--task", metavar="TASK", help="only runs of this task")
+    add("--parent", metavar="RUN_ID", help="only the children of this flow's run")
     add("--limit", type=int, metavar="N", help="runs per page, 1..200 (default 50)")
     add("--cursor", metavar="CURSOR", help="the page after this one (printed as the next: hint)")
     add("--all", action="store_true", help="follow the pages to the end and print every run")

@@ -66,6 +66,8 @@ def test_get_of_a_parent_shows_its_children_as_a_tree(stack: Stack, tmp_path: Pa
     ]
     assert lines[4].startswith(f"  {leaf['id']}  ")
     assert ok_json(runlane(stack, "get", parent["id"], "--json"))["id"] == parent["id"]
+    listed = ok_json(runlane(stack, "list", "--parent", parent["id"], "--json"))["items"]
+    assert sorted(run["id"] for run in listed) == sorted(child["id"] for child in made)
 
 
 def test_a_batch_of_a_jsonl_file_prints_the_ids_of_its_runs_in_order(
