@@ -23,7 +23,7 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """The Flask app. Without arguments (gunicorn's `app.web:create_app()`) it is the entry
     point: it reads the environment and configures logging."""
-    from app.web import ops, queues_api, runs_api, schedules_api, tails, workers_api
+    from app.web import ops, queues_api, runs_api, schedules_api, tails, ui, workers_api
 
     if services is None:
         if settings is None:
@@ -43,7 +43,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)
     errors.register(app)
-    blueprints = (runs_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp)
+    blueprints = (
+        runs_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp, ui.bp
+    )  # fmt: skip
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     tails.init_app(app)
