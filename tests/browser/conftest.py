@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ def chromium_found() -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     browser = Path(__file__).parent
+    if os.environ.get("RUNLANE_REQUIRE_BROWSER") == "1" and not chromium_found():
+        raise pytest.UsageError(f"RUNLANE_REQUIRE_BROWSER=1 (.ci/run), but {SKIP_REASON}")
     for item in items:
         if browser in item.path.parents:
             item.add_marker(pytest.mark.browser)
@@ -117,12 +121,43 @@ def browser(ui_stack: Stack, request: pytest.FixtureRequest) -> Iterator[Page]:
 @pytest.fixture
 def page(browser: Page) -> Iterator[Page]:
     """The browser, checked after each test: no console error, no request to another host."""
-    browser.drain_logs()
     browser.reset_view()
+    browser.drain_logs()
     yield browser
     problems = browser.drain_logs()
     browser.expected.clear()
     assert problems == [], "\n".join(problems)
+
+
+@pytest.fixture
+def user_site(browser: Page) -> Iterator[dict[str, bytes]]:
+    """A site of another origin (another port), as a user's own page that embeds runlane.js:
+    put a page's HTML under its path in the dict the fixture yields."""
+    pages: dict[str, bytes] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            body = pages.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="user-site", daemon=True)
+    thread.start()
+    origin = f"127.0.0.1:{server.server_port}"
+    browser.allowed.append(origin)
+    pages["origin"] = f"http://{origin}".encode()
+    try:
+        yield pages
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def copy_for_docs(shot: Path) -> None:

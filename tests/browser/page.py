@@ -29,6 +29,7 @@ class Page:
         self.shots = shots
         self.origin = urlsplit(base).netloc
         self.expected: list[str] = []  # console messages a test provokes on purpose
+        self.allowed: list[str] = []  # other origins a test serves on purpose
 
     def expect_console(self, text: str) -> None:
         self.expected.append(text)
@@ -86,11 +87,14 @@ class Page:
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
 
-    def sign_in(self, token: str = "tok-alpha") -> None:
-        self.get("/ui")
-        self.shown("#token").send_keys(token)
-        self.css("#signin button[type=submit]").click()
-        self.shown("#nav")
+    def signed_in(self, token: str = "tok-alpha") -> None:
+        """The token in this tab's session storage, as the sign-in form leaves it."""
+        self.get("/ui/signing-in")
+        self.js("sessionStorage.setItem('runlane.token', arguments[0])", token)
+
+    def sign_out(self) -> None:
+        self.get("/ui/signing-out")
+        self.js("sessionStorage.clear()")
 
     # --- what the page did --------------------------------------------------------------------
 
@@ -110,9 +114,10 @@ class Page:
 
     def _local(self, url: str) -> bool:
         parts = urlsplit(url)
-        return parts.scheme in LOCAL_SCHEMES or parts.netloc == self.origin
+        return parts.scheme in LOCAL_SCHEMES or parts.netloc in (self.origin, *self.allowed)
 
     def reset_view(self) -> None:
+        self.signed_in()
         self.driver.set_window_size(*DESKTOP)
         self.color_scheme("light")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from selenium.webdriver.support.ui import Select
+
 from runlane.client import Client
 from tests.browser.conftest import copy_for_docs
 from tests.browser.page import PHONE, Page
@@ -21,6 +23,7 @@ def status_is(api: Client, run_id: str, *statuses: str) -> Any:
 
 def test_sign_in_then_the_overview_shows_the_queues(page: Page, api: Client) -> None:
     api.submit("demo.echo", {"hello": "overview"})
+    page.sign_out()
     page.get("/ui")
     page.expect_console(f"{UNAUTHORIZED} 401")
     page.shown("#token").send_keys("not-a-token")
@@ -39,7 +42,6 @@ def test_sign_in_then_the_overview_shows_the_queues(page: Page, api: Client) -> 
     page.css("#signout").click()
     page.shown("#token")
     assert page.js("return sessionStorage.getItem('runlane.token')") is None
-    page.sign_in()
 
 
 def test_a_run_submitted_over_the_api_appears_without_reload(page: Page, api: Client) -> None:
@@ -106,3 +108,83 @@ def test_a_queue_with_queued_runs_and_no_worker_is_flagged(page: Page, api: Clie
     page.screenshot("overview-phone", PHONE)
     assert shot.exists()
     copy_for_docs(page.screenshot("overview"))
+
+
+def test_search_finds_a_run_by_its_idempotency_key(page: Page, api: Client) -> None:
+    run = api.submit("demo.echo", {"find": "me"}, idempotency_key="ui-search-key-1")
+    api.submit("demo.echo", {"find": "not me"})
+    page.get("/ui/runs?q=ui-search-key-1")
+    row = f'tr[data-run-id="{run["id"]}"]'
+    page.shown(row)
+    page.wait(lambda _: len(page.all("#runs-table tbody tr[data-run-id]")) == 1)
+
+
+def test_a_queue_is_paused_resumed_and_limited_from_its_page(page: Page, api: Client) -> None:
+    page.get("/ui/queues/default")
+    page.shown("#pause").click()
+    wait_for(lambda: queue(api, "default")["paused"], 10, message="the pause")
+    page.shown("#resume")
+    page.shown('[data-queue="default"] .pill.paused')
+    page.screenshot("queue-paused")
+    page.css("#resume").click()
+    wait_for(lambda: not queue(api, "default")["paused"], 10, message="the resume")
+    page.shown("#l-concurrency").send_keys("3")
+    page.css("#l-rate").send_keys("10")
+    page.css("#l-period").send_keys("60")
+    page.css("#limits-save").click()
+    wait_for(lambda: queue(api, "default")["limits"]["concurrency"] == 3, 10, message="limits")
+    assert queue(api, "default")["limits"]["rate"] == {"limit": 10, "period_s": 60}
+    page.wait(lambda _: "3 at once · 10 per 60 s" in page.text('[data-queue="default"] .facts'))
+    page.screenshot("queue")
+    api.set_limits("default", concurrency=None, rate=None)
+
+
+def test_workers_and_schedules_are_listed_and_schedules_made_and_deleted(
+    page: Page, api: Client
+) -> None:
+    page.get("/ui/workers")
+    page.shown("#workers-table tbody tr[data-worker]")
+    page.screenshot("workers")
+    page.get("/ui/schedules")
+    page.shown("#s-task option[value='demo.noop']")
+    page.css("#s-name").send_keys("ui-hourly")
+    Select(page.css("#s-task")).select_by_value("demo.noop")
+    page.css("#s-when").send_keys("3600")
+    page.css("#s-input").send_keys('{"from": "the page"}')
+    page.css("#s-create").click()
+    page.shown('tr[data-schedule="ui-hourly"]')
+    made = [s for s in api.schedules()["items"] if s["name"] == "ui-hourly"]
+    assert made and made[0]["every_s"] == 3600 and made[0]["input"] == {"from": "the page"}
+    page.screenshot("schedules")
+    page.css('tr[data-schedule="ui-hourly"] button').click()
+    wait_for(lambda: not api.schedules()["items"], 10, message="the delete")
+    page.wait(lambda _: not page.all('tr[data-schedule="ui-hourly"]'))
+
+
+def test_the_progress_card_embeds_in_a_page_of_another_origin(
+    page: Page, api: Client, user_site: dict[str, bytes]
+) -> None:
+    run = api.submit("demo.progress", {"steps": 5, "interval_ms": 100})
+    user_site["/export"] = EMBED.format(base=page.base, run_id=run["id"]).encode()
+    page.driver.get(user_site["origin"].decode() + "/export")
+    card = page.wait(lambda d: d.find_element("css selector", "runlane-run").shadow_root)
+    page.wait(lambda _: card.find_element("css selector", ".status").text == "✓ succeeded")
+    bar = card.find_element("css selector", '[role="progressbar"]')
+    assert bar.get_attribute("aria-valuenow") == "100"
+    assert page.js("return window.seqs") == list(range(1, api.get(run["id"])["last_seq"] + 1))
+    page.screenshot("embed")
+
+
+# The README's example, as a user's own page would hold it.
+EMBED = """<!doctype html><meta charset="utf-8"><title>My app</title><link rel="icon" href="data:,">
+<h1>Export</h1>
+<runlane-run run-id="{run_id}" token="tok-alpha"></runlane-run>
+<script type="module">
+  import {{ tailRun }} from "{base}/ui/runlane.js";
+  window.seqs = [];
+  tailRun("{run_id}", {{ token: "tok-alpha", onEvent: (e) => window.seqs.push(e.seq) }});
+</script>"""
+
+
+def queue(api: Client, name: str) -> dict[str, Any]:
+    return next(q for q in api.queues()["items"] if q["name"] == name)

@@ -207,6 +207,7 @@ export class RunlaneRun extends HTMLElement {
     const status = p.status || "loading";
     this.el.status.textContent = `${ICONS[status] || "…"} ${status}`;
     this.el.status.dataset.status = status;
+    this.el.bar.dataset.status = status;
     const percent = p.percent ?? 0;
     this.el.bar.setAttribute("aria-valuenow", String(percent));
     this.el.bar.setAttribute("aria-valuetext", `${percent}%`);

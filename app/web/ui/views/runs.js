@@ -27,7 +27,7 @@ export function mount(root, ctx, { fixedQueue = null, title = "Runs" } = {}) {
   const form = h(
     "form",
     { class: "filters", id: "filters", role: "search" },
-    field("Status", status), field("Queue", queue), field("Task", task), field("Search", search, "wide"),
+    field("Status", status), fixedQueue ? null : field("Queue", queue), field("Task", task), field("Search", search, "wide"),
     h("button", { type: "submit" }, "Apply"),
   );
   form.addEventListener("submit", (event) => {
@@ -81,7 +81,8 @@ export function mount(root, ctx, { fixedQueue = null, title = "Runs" } = {}) {
       ctx.api.get(`/v1/runs${params({ idempotency_key: q })}`),
       ctx.api.get(`/v1/runs${params({ dedupe_key: q })}`),
     ]);
-    const items = [...byKey.items, ...byDedupe.items].filter((r) => r.idempotency_key === q || r.dedupe_key === q);
+    const matching = [...byKey.items, ...byDedupe.items].filter((r) => r.idempotency_key === q || r.dedupe_key === q);
+    const items = [...new Map(matching.map((r) => [r.id, r])).values()];
     table.set(items);
     note.textContent = items.length ? "" : "No run has this idempotency or dedupe key.";
   }

@@ -13,7 +13,7 @@ export class RunTable {
       h(
         "table",
         { class: "runs", id: "runs-table" },
-        h("thead", {}, h("tr", {}, ["Status", "Run", "Task", "Queue", "Progress", "Attempt", "Created"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Status", "Run", "Task", "Queue", "Progress", "Attempts", "Created"].map((t) => h("th", { scope: "col" }, t)))),
         this.body,
       ),
     );
@@ -74,7 +74,7 @@ export class RunTable {
       h("td", { class: "mono" }, run.task),
       h("td", {}, h("a", { href: `/ui/queues/${encodeURIComponent(run.queue)}` }, run.queue)),
       h("td", {}, percent === null ? h("span", { class: "muted" }, "—") : mini(percent)),
-      h("td", { class: "num" }, `${run.attempt}/${run.max_attempts}`),
+      h("td", { class: "num", title: `at most ${run.max_attempts} per try` }, String(run.attempt)),
       h("td", { title: run.created_at }, ago(run.created_at)),
     );
     this.rows.set(run.id, { tr, run });
