@@ -9,6 +9,7 @@ from werkzeug.routing import BaseConverter
 from app import logs
 from app.config import Settings
 from app.services import Services
+from app.timings import TaskDurations
 from app.waiting import ServedQueues
 from app.web import errors
 from app.web.current import needs_relay_nudge, services
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         services.redis, services.keys, services.settings.idempotency_ttl_seconds
     )
     app.extensions["runlane.served"] = ServedQueues(services.redis, services.keys)
+    app.extensions["runlane.durations"] = TaskDurations(services.pool)
     metrics = Metrics()
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)
