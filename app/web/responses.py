@@ -116,6 +116,13 @@ class RunList(Response):
     next_cursor: str | None
 
 
+class BulkOut(Response):
+    """How many of the caller's runs the selection matched, and how many of them changed."""
+
+    matched: int = Field(ge=0)
+    changed: int = Field(ge=0)
+
+
 class RunBatchOut(Response):
     """The runs of a batch, in the order of its items."""
 
