@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from flask.testing import FlaskClient
 from rq import Queue
 
 from app import attempts
+from app import bulk as bulk_changes
 from app.domain import Run
 from app.services import Services
 from tests.conftest import auth
@@ -123,6 +125,25 @@ def test_cancel_by_filter_cancels_a_waiting_parent_and_its_children(
         "matched": 3,
         "changed": 0,
     }
+
+
+def test_a_deadlock_rolls_the_whole_change_back_and_it_is_made_again(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = submit(client)
+    made: list[bulk_changes.Outcome] = []
+    cancel = bulk_changes._cancel
+
+    def deadlocked_once(*args: Any) -> bulk_changes.Outcome:
+        made.append(cancel(*args))
+        if len(made) == 1:  # as Postgres breaks a deadlock: this transaction is rolled back
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return made[-1]
+
+    monkeypatch.setattr(bulk_changes, "_cancel", deadlocked_once)
+    assert bulk(client, "cancel", {"ids": [run["id"]]}) == {"matched": 1, "changed": 1}
+    assert len(made) == 2
+    assert event_types(client, run["id"]) == ["run.queued", "run.cancelled"]  # one cancel
 
 
 def test_a_thousand_runs_are_cancelled_in_one_request(
