@@ -46,6 +46,8 @@ CREATE TABLE runs (
     children_total      integer NOT NULL DEFAULT 0,
     children_pending    integer NOT NULL DEFAULT 0,  -- its children not terminal
     cascade_pending     boolean NOT NULL DEFAULT false,
+    -- the first dispatch to a queue (migration 0011; dispatched_at is the latest): timings
+    first_dispatched_at timestamptz,
     CONSTRAINT runs_status_check CHECK (
         status IN ('waiting', 'queued', 'delayed', 'running', 'succeeded', 'failed', 'cancelled')),
     CONSTRAINT runs_priority_check CHECK (priority BETWEEN 1 AND 10),
@@ -748,3 +750,24 @@ CREATE TRIGGER runs_flow_changed AFTER UPDATE OF status ON runs
     WHEN (OLD.status IS DISTINCT FROM NEW.status
           AND (NEW.parent_id IS NOT NULL OR NEW.children_total > 0))
     EXECUTE FUNCTION runlane_flow_changed();
+
+-- Timings and ETA (contract §6, migration 0011). The first dispatch to a queue is kept beside
+-- the latest (dispatched_at): the inserts set it with the run, and this trigger catches any
+-- later first dispatch, whatever statement makes it (its WHEN is checked in C, so the claims
+-- and finishes of the hot path, which do not set dispatched_at, never call it).
+CREATE FUNCTION runlane_first_dispatch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.first_dispatched_at := NEW.dispatched_at;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER runs_first_dispatch BEFORE INSERT OR UPDATE OF dispatched_at ON runs
+    FOR EACH ROW
+    WHEN (NEW.first_dispatched_at IS NULL AND NEW.dispatched_at IS NOT NULL)
+    EXECUTE FUNCTION runlane_first_dispatch();
+
+-- The ETA of a running run without progress: the median duration of the last runs of its task
+-- that succeeded for its tenant, newest first from this index (started_at included, so the
+-- sample is read from the index alone).
+CREATE INDEX runs_succeeded_task_idx ON runs (tenant, task, finished_at DESC)
+    INCLUDE (started_at) WHERE status = 'succeeded';

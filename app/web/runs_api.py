@@ -22,9 +22,9 @@ from app.web.current import (
     query_args,
     read_json,
     relay_nudged,
-    served_queues,
     services,
     shown,
+    shown_all,
     validate,
 )
 from app.web.errors import ApiError
@@ -134,9 +134,8 @@ def list_runs() -> dict[str, Any]:
         )
     page = found[: query.limit]
     more = len(found) > query.limit
-    served = served_queues()
     return {
-        "items": [shown(run, served) for run in page],
+        "items": shown_all(page),
         "next_cursor": _encode_cursor(page[-1]) if more else None,
     }
 
