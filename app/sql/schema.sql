@@ -55,11 +55,36 @@ CREATE TABLE runs (
 );
 
 CREATE INDEX runs_tenant_created_idx ON runs (tenant, created_at DESC, id DESC);
-CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status);
+-- GET /v1/runs newest first under each filter, the queue counts from the first one alone
+-- (migration 0012)
+CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_status_idx ON runs (tenant, status, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_queue_idx ON runs (tenant, queue, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_task_idx ON runs (tenant, task, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_dedupe_key_idx ON runs (tenant, dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX runs_delayed_due_idx ON runs (scheduled_for) WHERE status = 'delayed';
 CREATE INDEX runs_queued_dispatch_idx ON runs (dispatched_at) WHERE status = 'queued';
 CREATE INDEX runs_running_lease_idx ON runs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX runs_finished_idx ON runs (finished_at) WHERE finished_at IS NOT NULL;
+-- the queues' recent throughput, from the index alone (migration 0012)
+CREATE INDEX runs_tenant_finished_idx ON runs (tenant, finished_at) INCLUDE (queue, status)
+    WHERE finished_at IS NOT NULL;
+
+-- Queue counts above the cap are the planner's estimates (migration 0012): these statistics
+-- make them per tenant, queue and status rather than the product of three frequencies.
+CREATE STATISTICS runs_tenant_queue_status_stats (mcv) ON tenant, queue, status FROM runs;
+
+-- The planner's estimate of a tenant's runs of one queue and status (the rows of its plan).
+CREATE FUNCTION runlane_runs_estimate(of_tenant text, of_queue text, of_status text)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    plan jsonb;
+BEGIN
+    EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM runs '
+                   'WHERE tenant = %L AND queue = %L AND status = %L',
+                   of_tenant, of_queue, of_status) INTO plan;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::bigint;
+END $$;
 
 -- The outbox: one row per event, written in the transaction of the state change it reports.
 -- Deduplication (contract §5.3): a tenant's dedupe key names at most one live run; how long it

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from app.domain import Event, Record, Run, api_fields
+from app.domain import Event, Record, Run, RunStatus, api_fields
 from app.schedules import Schedule
 from app.web.schemas import Backoff
 
@@ -165,12 +165,32 @@ class LimitsOut(Response):
     key_rate: RateOut | None
 
 
+class RecentMinute(Response):
+    at: datetime = Field(description="the minute's start")
+    succeeded: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+
+
+class RecentFinishes(Response):
+    """The caller's runs of the queue that ended in each of the last minutes (throughput and
+    failure rate), oldest first; the last is the minute in progress."""
+
+    window_s: int = Field(description="the minutes covered, in seconds (600)")
+    minutes: list[RecentMinute]
+
+
 class QueueOut(Response):
     name: str
     paused: bool
     workers: int
     counts: QueueCounts
+    counts_estimated: list[RunStatus] = Field(
+        description="the statuses whose count is an estimate: above 10,000 runs of the queue and "
+        "status a count is the planner's estimate (at least 10,001); at or below it, exact"
+    )
     limits: LimitsOut
+    recent: RecentFinishes
 
 
 class QueueList(Response):

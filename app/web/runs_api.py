@@ -129,6 +129,8 @@ def list_runs() -> dict[str, Any]:
             queue=query.queue,
             task=query.task,
             parent_id=query.parent_id,
+            idempotency_key=query.idempotency_key,
+            dedupe_key=query.dedupe_key,
             limit=query.limit + 1,  # one more tells whether there is a next page
             before=_decode_cursor(query.cursor) if query.cursor else None,
         )

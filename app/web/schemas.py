@@ -281,6 +281,10 @@ class RunListQuery(Query):
     parent_id: str | None = Field(default=None, pattern=UUID_PATTERN, description="its children")
     queue: str | None = Field(default=None, pattern=NO_NUL)
     task: str | None = Field(default=None, pattern=NO_NUL)
+    idempotency_key: str | None = Field(
+        default=None, pattern=NO_NUL, description="the run POST /v1/runs made with this key"
+    )
+    dedupe_key: str | None = Field(default=None, pattern=NO_NUL, description="runs of this key")
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(
         default=None, pattern=CURSOR_PATTERN, description="next_cursor of the last page"

@@ -38,6 +38,8 @@ WHERE id = %(id)s AND tenant = %(tenant)s;
 SELECT * FROM runs WHERE id = %(id)s;
 
 -- name: list_runs
+-- A filter not given is NULL: run unprepared (app.runs.list_runs), the plan is made for the
+-- filters given, and so it reads the index of one of them (migration 0012).
 SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
        runlane_children_summary(runs) AS children
 FROM runs
@@ -46,6 +48,8 @@ WHERE tenant = %(tenant)s
   AND (%(parent_id)s::uuid IS NULL OR parent_id = %(parent_id)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(idempotency_key)s::text IS NULL OR idempotency_key = %(idempotency_key)s)
+  AND (%(dedupe_key)s::text IS NULL OR dedupe_key = %(dedupe_key)s)
   AND (%(before_created)s::timestamptz IS NULL
        OR (created_at, id) < (%(before_created)s, %(before_id)s::uuid))
 ORDER BY created_at DESC, id DESC
