@@ -188,3 +188,41 @@ EMBED = """<!doctype html><meta charset="utf-8"><title>My app</title><link rel="
 
 def queue(api: Client, name: str) -> dict[str, Any]:
     return next(q for q in api.queues()["items"] if q["name"] == name)
+
+
+def test_cancel_and_retry_every_run_of_the_filter_on_the_server(page: Page, api: Client) -> None:
+    ids = [api.submit("demo.echo", {"n": n}, queue="held")["id"] for n in range(3)]
+    page.get("/ui/runs?queue=held&status=queued")
+    page.wait(lambda _: len(page.all("#runs-table tr[data-run-id]")) == 3, what="three rows")
+    page.css("#bulk-cancel").click()
+    page.shown("#bulk-confirm").click()
+    page.wait(lambda _: "Cancelled 3 of 3" in page.text("#toasts"), what="the bulk cancel")
+    assert {api.get(run_id)["status"] for run_id in ids} == {"cancelled"}
+    page.get("/ui/runs?queue=held&status=cancelled")
+    page.wait(lambda _: len(page.all("#runs-table tr[data-run-id]")) == 3, what="three rows")
+    page.shown("#bulk-retry").click()
+    page.shown("#bulk-confirm").click()
+    page.wait(lambda _: "Retried 3 of 3" in page.text("#toasts"), what="the bulk retry")
+    assert {api.get(run_id)["status"] for run_id in ids} == {"queued"}
+
+
+def test_a_parent_shows_its_children_as_a_tree_and_why_it_waits(page: Page, api: Client) -> None:
+    grandchild = {"task": "demo.echo", "queue": "held-flow"}
+    children = [{"task": "demo.collect", "queue": "held-flow", "children": [grandchild]},
+                {"task": "demo.echo", "queue": "held-flow"}]  # fmt: skip
+    parent = api.submit_flow("demo.collect", children, queue="held-flow")
+    page.get(f"/ui/runs/{parent['id']}")
+    page.wait(lambda _: page.attr("#run-waiting .waiting", "data-reason") == "children")
+    page.wait(lambda _: len(page.all("#run-children li[data-run-id]")) == 3, what="the tree")
+    assert len(page.all("#run-children .tree .tree li[data-run-id]")) == 1  # the grandchild
+    page.screenshot("run-flow")
+    leaf = page.all("#run-children .tree .tree li[data-run-id]")[0].get_attribute("data-run-id")
+    page.get(f"/ui/runs/{leaf}")
+    page.wait(lambda _: page.attr("#run-waiting .waiting", "data-reason") == "no_workers")
+    page.shown(f'#run-fields a[href="/ui/runs/{children_of(api, parent["id"])}"]')
+    api.cancel(parent["id"])
+
+
+def children_of(api: Client, parent_id: str) -> str:
+    """The id of the parent's child that is itself a parent."""
+    return next(c["id"] for c in api.children(parent_id) if c["task"] == "demo.collect")

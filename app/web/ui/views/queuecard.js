@@ -23,7 +23,7 @@ export function queueCard(queue, { heading = "h2" } = {}) {
         { class: "warning", role: "alert", "data-warning": "no-workers" },
         `⚠ ${queue.counts.queued} queued, no live worker serves this queue`,
       ),
-    counts(queue.counts),
+    counts(queue.counts, new Set(queue.counts_estimated || [])),
     h(
       "dl",
       { class: "facts" },
@@ -36,7 +36,8 @@ export function queueCard(queue, { heading = "h2" } = {}) {
   );
 }
 
-function counts(byStatus) {
+// Counts past the server's exact limit are the planner's estimates: shown with "≈".
+function counts(byStatus, estimated) {
   const total = STATUSES.reduce((sum, status) => sum + (byStatus[status] || 0), 0);
   return h(
     "ul",
@@ -45,11 +46,11 @@ function counts(byStatus) {
       h(
         "li",
         { class: `count status-${status}${byStatus[status] ? "" : " zero"}`, "data-count": status },
-        h("span", { class: "n" }, String(byStatus[status] || 0)),
+        h("span", { class: "n", title: estimated.has(status) ? "an estimate" : null }, `${estimated.has(status) ? "≈" : ""}${byStatus[status] || 0}`),
         h("span", { class: "label" }, h("span", { "aria-hidden": "true" }, STATUS[status].icon, " "), status),
       ),
     ),
-    h("li", { class: "count total", "data-count": "total" }, h("span", { class: "n" }, String(total)), h("span", { class: "label" }, "total"))],
+    h("li", { class: "count total", "data-count": "total" }, h("span", { class: "n" }, `${estimated.size ? "≈" : ""}${total}`), h("span", { class: "label" }, "total"))],
   );
 }
 

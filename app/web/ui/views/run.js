@@ -59,6 +59,8 @@ export function mount(root, ctx) {
   }
 
   function renderProgress() {
+    // a run that has not started and never reported progress has no bar to show yet
+    progressCard.hidden = progress.percent === null && progress.status !== "running";
     const value = progress.percent ?? 0;
     bar.setAttribute("aria-valuenow", String(value));
     bar.setAttribute("aria-valuetext", `${value}%`);
@@ -188,13 +190,20 @@ function facts(run) {
     ["Started", time(run.started_at)],
     ["Finished", time(run.finished_at)],
     ["ETA", run.eta ? time(run.eta) : "—"],
-    ["Timings", run.timings ? `queued +${duration(t.queued_ms)} · started +${duration(t.started_ms)} · finished +${duration(t.finished_ms)}` : "—"],
+    ["Timings", timings(t)],
     ["Parent", run.parent_id ? h("a", { href: `/ui/runs/${run.parent_id}`, class: "mono" }, shortId(run.parent_id)) : "—"],
     ["Idempotency key", run.idempotency_key || "—"],
     ["Dedupe key", run.dedupe_key || "—"],
     ["Limit key", run.limit_key || "—"],
   ];
   return rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]);
+}
+
+// Milliseconds from created_at to each step the run has reached (contract §6).
+function timings(t) {
+  const steps = [["queued", t.queued_ms], ["started", t.started_ms], ["finished", t.finished_ms]];
+  const reached = steps.filter(([, ms]) => ms !== null && ms !== undefined);
+  return reached.length ? reached.map(([name, ms]) => `${name} +${duration(ms)}`).join(" · ") : "—";
 }
 
 function waitingBox(waiting) {
