@@ -73,7 +73,8 @@ def test_a_progress_run_moves_its_bar_eta_and_timeline(page: Page, api: Client) 
     assert re.match(r"ETA in \d+ s", eta), eta
     page.wait(lambda _: value() > first and timeline() > events, what="the bar and timeline move")
     page.wait(lambda _: page.text("#run-eta") not in ("", eta), what="the ETA to change")
-    page.screenshot("run-progress")
+    page.wait(lambda _: value() >= 40, what="a timeline worth a picture")
+    copy_for_docs(page.screenshot("run-progress"))
     shot = page.screenshot("run-progress-phone", PHONE)
     page.wait(lambda _: value() == 100, timeout=30, what="the end")
     page.wait(lambda _: page.attr(".run-head", "data-status") == "succeeded")
@@ -107,7 +108,7 @@ def test_a_queue_with_queued_runs_and_no_worker_is_flagged(page: Page, api: Clie
     page.color_scheme("light")
     page.screenshot("overview-phone", PHONE)
     assert shot.exists()
-    copy_for_docs(page.screenshot("overview"))
+    page.screenshot("overview")
 
 
 def test_search_finds_a_run_by_its_idempotency_key(page: Page, api: Client) -> None:
