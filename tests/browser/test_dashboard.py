@@ -227,3 +227,28 @@ def test_a_parent_shows_its_children_as_a_tree_and_why_it_waits(page: Page, api:
 def children_of(api: Client, parent_id: str) -> str:
     """The id of the parent's child that is itself a parent."""
     return next(c["id"] for c in api.children(parent_id) if c["task"] == "demo.collect")
+
+
+def test_a_burst_of_events_keeps_the_page_responsive(page: Page, api: Client) -> None:
+    """1,000 runs submitted at once (3,000 events within seconds): the tail's events are
+    applied once per frame, so no task blocks the page for long and the list keeps up."""
+    page.get("/ui/runs?task=demo.noop")
+    page.shown("#runs-table")
+    page.js(LONG_TASKS)
+    api.submit_many([{"task": "demo.noop", "input": {"n": n}} for n in range(1000)])
+    page.wait(lambda _: len(page.all("#runs-table tr[data-run-id]")) >= 50, what="the new runs")
+    done = '#runs-table tr[data-status="succeeded"]'
+    page.wait(lambda _: len(page.all(done)) >= 50, timeout=60, what="them to finish, live")
+    assert page.js("return window.longest") < 750, page.js("return window.longTasks")
+
+
+LONG_TASKS = """
+window.longTasks = [];
+window.longest = 0;
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) {
+    window.longTasks.push(Math.round(entry.duration));
+    window.longest = Math.max(window.longest, entry.duration);
+  }
+}).observe({ type: "longtask" });
+"""
