@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import psycopg
 from selenium.webdriver.support.ui import Select
 
 from runlane.client import Client
 from tests.browser.conftest import copy_for_docs
 from tests.browser.page import PHONE, Page
-from tests.helpers import wait_for
+from tests.helpers import Stack, wait_for
 
 UNAUTHORIZED = "/v1/queues - Failed to load resource: the server responded with a status of"
 
@@ -252,3 +253,38 @@ new PerformanceObserver((list) => {
   }
 }).observe({ type: "longtask" });
 """
+
+
+def test_after_a_drop_the_tail_resumes_from_its_cursor(
+    page: Page, api: Client, ui_stack: Stack
+) -> None:
+    """The web process killed and started again: the page reconnects with its last cursor and
+    gets what happened meanwhile (the run's end, committed while no web process ran). Last in
+    this module: it restarts the stack's web process."""
+    page.get("/ui/runs")
+    page.wait(lambda _: page.text("#conn") == "● live", what="the tail")
+    run = api.submit("demo.sleep", {"seconds": 2})
+    row = f'tr[data-run-id="{run["id"]}"]'
+    page.wait(lambda _: page.attr(row, "data-status") == "running", what="the run to start")
+    lists = page.js(LIST_FETCHES)
+    page.expect_console("WebSocket connection to")
+    page.expect_console("net::ERR_CONNECTION_REFUSED")
+    ui_stack.kill("web")
+    page.wait(lambda _: page.text("#conn") == "◌ reconnecting…", what="the drop to show")
+    wait_for(lambda: stored_status(ui_stack, run["id"]) == "succeeded", 30, message="its end")
+    ui_stack.start("web")
+    ui_stack.wait_ready()
+    page.wait(lambda _: page.text("#conn") == "● live", timeout=30, what="the tail to resume")
+    page.wait(lambda _: page.attr(row, "data-status") == "succeeded", what="the missed events")
+    assert page.js(LIST_FETCHES) == lists  # from the tail, not from reloading the list
+
+
+LIST_FETCHES = """return performance.getEntriesByType("resource")
+  .filter((e) => new URL(e.name).pathname === "/v1/runs").length"""
+
+
+def stored_status(stack: Stack, run_id: str) -> str:
+    """The run's status in Postgres itself, for when no web process answers."""
+    with psycopg.connect(stack.env["DATABASE_URL"]) as conn:
+        row = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()
+    return str(row[0]) if row else ""

@@ -57,6 +57,10 @@ export class TenantTail {
     socket.onopen = () => {
       this.failures = 0;
       this.#setState("live");
+      // Dropped before any event told us where we were: what happened meanwhile cannot be
+      // replayed, so the views reload from the REST API as after a gap.
+      if (this.opened && !this.cursor) this.#receive({ type: "gap" });
+      this.opened = true;
     };
     socket.onmessage = (message) => this.#receive(JSON.parse(message.data));
     socket.onclose = () => {
