@@ -59,8 +59,6 @@ export function mount(root, ctx) {
   }
 
   function renderProgress() {
-    // a run that has not started and never reported progress has no bar to show yet
-    progressCard.hidden = progress.percent === null && progress.status !== "running";
     const value = progress.percent ?? 0;
     bar.setAttribute("aria-valuenow", String(value));
     bar.setAttribute("aria-valuetext", `${value}%`);
@@ -68,7 +66,7 @@ export function mount(root, ctx) {
     bar.dataset.status = progress.status;
     percent.textContent = `${value}%`;
     eta.textContent = progress.status === "running" && progress.eta ? `ETA ${formatEta(progress.eta)}` : "";
-    message.textContent = progress.message || "";
+    message.textContent = progress.message || (progress.percent === null ? idle(progress.status) : "");
   }
 
   const flush = perFrame(() => {
@@ -174,6 +172,11 @@ export function mount(root, ctx) {
     if (tail) tail.close();
   });
   first();
+}
+
+function idle(status) {
+  if (TERMINAL.has(status)) return "No progress was reported.";
+  return status === "running" ? "" : "Not started yet.";
 }
 
 function facts(run) {
