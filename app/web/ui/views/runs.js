@@ -22,6 +22,7 @@ export function mount(root, ctx, { fixedQueue = null, title = "Runs" } = {}) {
 
   const status = h("select", { id: "f-status", name: "status" }, h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: s === filter.status }, s)));
   const queue = h("input", { id: "f-queue", name: "queue", value: filter.queue, placeholder: "any queue", disabled: Boolean(fixedQueue), list: "queue-names" });
+  const queues = h("datalist", { id: "queue-names" });
   const task = h("select", { id: "f-task", name: "task" }, h("option", { value: "" }, "any task"));
   const search = h("input", { id: "f-q", name: "q", type: "search", value: filter.q, placeholder: "run id, idempotency or dedupe key" });
   const form = h(
@@ -29,6 +30,7 @@ export function mount(root, ctx, { fixedQueue = null, title = "Runs" } = {}) {
     { class: "filters", id: "filters", role: "search" },
     field("Status", status), fixedQueue ? null : field("Queue", queue), field("Task", task), field("Search", search, "wide"),
     h("button", { type: "submit" }, "Apply"),
+    queues,
   );
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -43,6 +45,9 @@ export function mount(root, ctx, { fixedQueue = null, title = "Runs" } = {}) {
   ctx.api.get("/v1/tasks").then(({ items }) => {
     for (const t of items) task.append(h("option", { value: t.name, selected: t.name === filter.task }, t.name));
   }, ctx.fail);
+  if (!fixedQueue) {
+    ctx.api.get("/v1/queues").then(({ items }) => queues.append(...items.map((q) => h("option", { value: q.name }))), ctx.fail);
+  }
 
   function params(extra = {}) {
     return ctx.api.query({ status: filter.status, queue: filter.queue, task: filter.task, limit: 50, ...extra });
