@@ -31,14 +31,14 @@ TaskKey = tuple[str, str]  # (tenant, task)
 def timings_of(run: Run) -> dict[str, int]:
     """{queued_ms, started_ms, finished_ms}, each only once it has happened."""
     found: dict[str, int] = {}
-    for name, at in (
-        ("queued_ms", run.first_dispatched_at),
-        ("started_ms", run.started_at),
-        ("finished_ms", run.finished_at),
-    ):
-        if at is not None:
-            # a batch's runs are created a microsecond apart and dispatched at one instant
-            found[name] = max(0, (at - run.created_at) // _MS)
+    created = run.created_at
+    # max: a batch's runs are created a microsecond apart and dispatched at one instant
+    if (at := run.first_dispatched_at) is not None:
+        found["queued_ms"] = max(0, (at - created) // _MS)
+    if (at := run.started_at) is not None:
+        found["started_ms"] = max(0, (at - created) // _MS)
+    if (at := run.finished_at) is not None:
+        found["finished_ms"] = max(0, (at - created) // _MS)
     return found
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from app import attempts, runs
+from app import attempts, flows, runs
 from app.domain import Run
 from app.services import Services
 from tests.conftest import auth
@@ -62,6 +62,20 @@ def test_a_delayed_run_counts_from_its_promotion(client: FlaskClient, services: 
     shown = get(client, run["id"])
     assert shown["status"] == "queued"
     assert set(shown["timings"]) == {"queued_ms"} and shown["timings"]["queued_ms"] >= 150
+
+
+def test_a_flows_parent_counts_from_its_dispatch_once_its_children_are_done(
+    client: FlaskClient, services: Services
+) -> None:
+    parent = submit(client, task="demo.collect", children=[{"task": "demo.echo"}])
+    assert parent["timings"] == {}  # waiting: never dispatched yet
+    (child,) = client.get(f"/v1/runs?parent_id={parent['id']}", headers=ALPHA).get_json()["items"]
+    claimed = claim(services, child["id"])
+    with services.pool.connection() as conn:
+        attempts.group_commit(conn, [attempts.finish_change(claimed, None)])
+        flows.after_change(conn, services.redis, services.keys, [claimed])  # hands it to RQ
+    shown = get(client, parent["id"])
+    assert shown["status"] == "queued" and set(shown["timings"]) == {"queued_ms"}
 
 
 def test_a_finished_run_has_every_part_and_a_retry_keeps_its_first_dispatch(

@@ -10,6 +10,7 @@ import pytest
 
 from app import timings
 from app.domain import Run, RunStatus
+from app.web.responses import RunOut, Timings
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -77,3 +78,12 @@ def test_medians_are_read_once_per_task_for_a_few_seconds(monkeypatch: pytest.Mo
     clock[0] = 5.1
     cache.medians({("alpha", "a")})
     assert reads[-1] == ("alpha", ["a"]) and len(reads) == 3
+
+
+def test_the_document_says_a_part_not_yet_happened_is_absent_not_null() -> None:
+    schema = Timings.model_json_schema(mode="serialization")
+    assert "required" not in schema and schema["additionalProperties"] is False
+    for part in ("queued_ms", "started_ms", "finished_ms"):
+        documented = {k: v for k, v in schema["properties"][part].items() if k != "title"}
+        assert documented == {"minimum": 0, "type": "integer"}  # no null, no default
+    assert "timings" in RunOut.model_json_schema()["required"]
