@@ -137,9 +137,13 @@ def list_runs(
         "before_created": before[0] if before else None,
         "before_id": before[1] if before else None,
     }
+    only_queue_status = (queue or status) and not (
+        task or parent_id or idempotency_key or dedupe_key
+    )
+    name = "list_runs_by_queue_status" if only_queue_status else "list_runs"
     # Never prepared: a prepared statement may switch to one generic plan for every combination
     # of filters, which cannot drop the filters not given and so reads no filter's index.
-    rows = conn.execute(q("list_runs"), params, prepare=False).fetchall()
+    rows = conn.execute(q(name), params, prepare=False).fetchall()
     return [Run.from_row(row) for row in rows]
 
 

@@ -55,11 +55,9 @@ CREATE TABLE runs (
 );
 
 CREATE INDEX runs_tenant_created_idx ON runs (tenant, created_at DESC, id DESC);
--- GET /v1/runs newest first under each filter, the queue counts from the first one alone
--- (migration 0012)
+-- GET /v1/runs newest first by queue and status (merged), by task; the queue counts from the
+-- first one alone (migration 0012)
 CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status, created_at DESC, id DESC);
-CREATE INDEX runs_tenant_status_idx ON runs (tenant, status, created_at DESC, id DESC);
-CREATE INDEX runs_tenant_queue_idx ON runs (tenant, queue, created_at DESC, id DESC);
 CREATE INDEX runs_tenant_task_idx ON runs (tenant, task, created_at DESC, id DESC);
 CREATE INDEX runs_tenant_dedupe_key_idx ON runs (tenant, dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX runs_delayed_due_idx ON runs (scheduled_for) WHERE status = 'delayed';

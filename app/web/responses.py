@@ -186,8 +186,8 @@ class QueueOut(Response):
     workers: int
     counts: QueueCounts
     counts_estimated: list[RunStatus] = Field(
-        description="the statuses whose count is an estimate: above 10,000 runs of the queue and "
-        "status a count is the planner's estimate (at least 10,001); at or below it, exact"
+        description="the statuses whose count is an estimate: above 1,000 runs of the queue and "
+        "status a count is the planner's estimate (at least 1,001); up to 1,000, exact"
     )
     limits: LimitsOut
     recent: RecentFinishes

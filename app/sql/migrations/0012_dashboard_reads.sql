@@ -1,14 +1,13 @@
 -- The dashboard's reads at millions of runs of one tenant (issue 13), each a few index lookups.
 --
--- GET /v1/runs, newest first, under each filter: an index per filter that gives the order, so a
--- first page reads its 51 entries however rare the value is. A combination of filters reads the
--- index of one of them and filters the rest (the queue and status one serves both at once).
--- The queue and status index also serves the queue counts, exact up to a cap, read from the
--- index alone (app/sql/queries/queues.sql); it replaces the (tenant, queue, status) one of 0001.
+-- GET /v1/runs, newest first: filtered by queue or status alone it merges the newest entries of
+-- each queue and status of runs_tenant_queue_status_idx (app/sql/queries/runs.sql), which also
+-- serves the queue counts, exact up to a cap (queues.sql). It replaces the (tenant, queue,
+-- status) index of 0001. A task's runs have an index of their own: a task may be a small part of
+-- each queue. Every index over all runs is written again at each status change (an update that
+-- changes an indexed column is never HOT), so there is no index per status or per queue.
 DROP INDEX runs_tenant_queue_status_idx;
 CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status, created_at DESC, id DESC);
-CREATE INDEX runs_tenant_status_idx ON runs (tenant, status, created_at DESC, id DESC);
-CREATE INDEX runs_tenant_queue_idx ON runs (tenant, queue, created_at DESC, id DESC);
 CREATE INDEX runs_tenant_task_idx ON runs (tenant, task, created_at DESC, id DESC);
 -- The search by dedupe key (the idempotency key has its unique constraint's index).
 CREATE INDEX runs_tenant_dedupe_key_idx ON runs (tenant, dedupe_key) WHERE dedupe_key IS NOT NULL;

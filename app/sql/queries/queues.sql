@@ -5,16 +5,17 @@
 -- (cap + 1 entries at most), and above it the planner's estimate (runlane_runs_estimate), never
 -- below what was counted. A count of every row would read millions of entries a request.
 -- The tenant's queues come from the same index, one descent per queue (a loose index scan).
-WITH RECURSIVE names AS (
-    (SELECT queue FROM runs
-     WHERE tenant = %(tenant)s AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+WITH RECURSIVE every_queue AS (
+    (SELECT queue FROM runs WHERE tenant = %(tenant)s AND %(queue)s::text IS NULL
      ORDER BY queue LIMIT 1)
     UNION ALL
-    SELECT (SELECT r.queue FROM runs r
-            WHERE r.tenant = %(tenant)s AND r.queue > names.queue
-              AND (%(queue)s::text IS NULL OR r.queue = %(queue)s)
+    SELECT (SELECT r.queue FROM runs r WHERE r.tenant = %(tenant)s AND r.queue > every_queue.queue
             ORDER BY r.queue LIMIT 1)
-    FROM names WHERE names.queue IS NOT NULL
+    FROM every_queue WHERE every_queue.queue IS NOT NULL
+), names AS (
+    SELECT queue FROM every_queue WHERE queue IS NOT NULL
+    UNION ALL
+    SELECT %(queue)s::text WHERE %(queue)s::text IS NOT NULL
 )
 SELECT names.queue, s.status, c.n > %(cap)s AS estimated,
        CASE WHEN c.n > %(cap)s
@@ -29,7 +30,7 @@ CROSS JOIN LATERAL (
         WHERE r.tenant = %(tenant)s AND r.queue = names.queue AND r.status = s.status
         LIMIT %(cap)s + 1) AS capped
 ) AS c
-WHERE names.queue IS NOT NULL AND c.n > 0;
+WHERE c.n > 0;
 
 -- name: queue_recent
 -- The tenant's runs finished since %(since)s, per queue, minute and outcome, from
