@@ -46,11 +46,11 @@ function counts(byStatus, estimated) {
       h(
         "li",
         { class: `count status-${status}${byStatus[status] ? "" : " zero"}`, "data-count": status },
-        h("span", { class: "n", title: estimated.has(status) ? "an estimate" : null }, `${estimated.has(status) ? "≈" : ""}${byStatus[status] || 0}`),
+        h("span", { class: "n", title: estimated.has(status) ? "an estimate" : null }, `${estimated.has(status) ? "≈" : ""}${(byStatus[status] || 0).toLocaleString()}`),
         h("span", { class: "label" }, h("span", { "aria-hidden": "true" }, STATUS[status].icon, " "), status),
       ),
     ),
-    h("li", { class: "count total", "data-count": "total" }, h("span", { class: "n" }, `${estimated.size ? "≈" : ""}${total}`), h("span", { class: "label" }, "total"))],
+    h("li", { class: "count total", "data-count": "total" }, h("span", { class: "n" }, `${estimated.size ? "≈" : ""}${total.toLocaleString()}`), h("span", { class: "label" }, "total"))],
   );
 }
 
