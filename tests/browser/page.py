@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -83,6 +85,17 @@ class Page:
             return elements[0] if elements else None
 
         return self.wait(found, timeout, f"{selector} to be shown")
+
+    def tab_to(self, selector: str, presses: int = 40) -> WebElement:
+        """Tab from the top of the page until `selector` has the focus (it is reachable by
+        keyboard), and return it."""
+        target = self.shown(selector)
+        self.js("document.activeElement && document.activeElement.blur()")
+        for _ in range(presses):
+            ActionChains(self.driver).send_keys(Keys.TAB).perform()
+            if self.driver.switch_to.active_element == target:
+                return target
+        raise AssertionError(f"{selector} was not reached in {presses} presses of Tab")
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import psycopg
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
 from runlane.client import Client
@@ -77,6 +78,9 @@ def test_a_progress_run_moves_its_bar_eta_and_timeline(page: Page, api: Client) 
     page.wait(lambda _: value() >= 40, what="a timeline worth a picture")
     copy_for_docs(page.screenshot("run-progress"))
     shot = page.screenshot("run-progress-phone", PHONE)
+    page.color_scheme("dark")
+    page.screenshot("run-progress-dark")
+    page.color_scheme("light")
     page.wait(lambda _: value() == 100, timeout=30, what="the end")
     page.wait(lambda _: page.attr(".run-head", "data-status") == "succeeded")
     assert timeline() == api.get(run["id"])["last_seq"]
@@ -88,7 +92,7 @@ def test_cancel_and_retry_from_the_page(page: Page, api: Client) -> None:
     page.get(f"/ui/runs/{run['id']}")
     page.wait(lambda _: page.attr(".run-head", "data-status") == "running",
               what="the run to start")  # fmt: skip
-    page.css("#cancel").click()
+    page.tab_to("#cancel").send_keys(Keys.ENTER)  # by keyboard alone
     wait_for(status_is(api, run["id"], "cancelled"), 20, message="the cancel")
     retry = page.wait(lambda _: (b := page.css("#retry")).is_enabled() and b, what="retry enabled")
     page.screenshot("run-cancelled")
