@@ -5,6 +5,7 @@ in app/web/ui (no build step, nothing from another host). Not part of the /v1 AP
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import PurePosixPath
@@ -25,6 +26,9 @@ TYPES = {
     ".png": "image/png",
 }
 _CACHE = "runlane.ui_assets"
+_HOST = re.compile(
+    r"[A-Za-z0-9.\-]+(?::\d+)?|\[[0-9A-Fa-f:.]+\](?::\d+)?"
+)  # what a policy may name
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,11 @@ def _policy() -> str:
     """Everything from this origin only; the tails' WebSockets named too, since not every
     browser counts ws: of the same host as 'self'."""
     host = request.host
+    sockets = f" ws://{host} wss://{host}" if _HOST.fullmatch(host) else ""
     return "; ".join(
         [
             "default-src 'self'",
-            f"connect-src 'self' ws://{host} wss://{host}",
+            f"connect-src 'self'{sockets}",
             "img-src 'self' data:",
             "object-src 'none'",
             "base-uri 'none'",

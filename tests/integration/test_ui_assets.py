@@ -36,6 +36,13 @@ def test_every_view_path_is_the_page_under_a_strict_policy(client: FlaskClient) 
         assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
 
 
+def test_a_host_header_cannot_write_the_policy(client: FlaskClient) -> None:
+    policy = client.get("/ui", headers={"Host": "x; script-src *"}).headers[
+        "Content-Security-Policy"
+    ]
+    assert "script-src" not in policy and "connect-src 'self';" in policy
+
+
 def test_assets_have_their_types_and_revalidate_by_etag(client: FlaskClient) -> None:
     assets = [("runlane.js", "text/javascript"), ("style.css", "text/css"),
               ("views/run.js", "text/javascript"), ("icon.svg", "image/svg+xml")]  # fmt: skip
