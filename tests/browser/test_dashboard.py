@@ -40,6 +40,8 @@ def test_sign_in_then_the_overview_shows_the_queues(page: Page, api: Client) -> 
     page.wait(lambda _: page.text("#conn") == "● live", what="the tail to be live")
     page.wait(lambda _: page.text('[data-queue="default"] [data-field="workers"]') == "1")
     page.wait(lambda _: int(page.text('[data-queue="default"] [data-count="succeeded"] .n')) >= 1)
+    recent = page.wait(lambda _: page.text('[data-queue="default"] [data-field="recent"]'))
+    assert re.match(r"[1-9]\d* finished in 10 min .* failure rate 0%", recent), recent
     page.screenshot("overview")
     page.css("#signout").click()
     page.shown("#token")
@@ -123,6 +125,15 @@ def test_search_finds_a_run_by_its_idempotency_key(page: Page, api: Client) -> N
     row = f'tr[data-run-id="{run["id"]}"]'
     page.shown(row)
     page.wait(lambda _: len(page.all("#runs-table tbody tr[data-run-id]")) == 1)
+
+
+def test_the_list_pages_with_next_cursor(page: Page, api: Client) -> None:
+    api.submit_many([{"task": "demo.echo", "queue": "paged", "input": n} for n in range(60)])
+    page.get("/ui/runs?queue=paged")
+    page.wait(lambda _: len(page.all("#runs-table tr[data-run-id]")) == 50, what="a first page")
+    page.shown("#more").click()
+    page.wait(lambda _: len(page.all("#runs-table tr[data-run-id]")) == 60, what="the next page")
+    page.wait(lambda _: not page.css("#more").is_displayed(), what="no page after the last")
 
 
 def test_a_queue_is_paused_resumed_and_limited_from_its_page(page: Page, api: Client) -> None:
