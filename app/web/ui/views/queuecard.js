@@ -23,6 +23,7 @@ export function queueCard(queue, { heading = "h2" } = {}) {
         { class: "warning", role: "alert", "data-warning": "no-workers" },
         `⚠ ${queue.counts.queued} queued, no live worker serves this queue`,
       ),
+    queue.paused && h("p", { class: "note", "data-note": "paused" }, "‖ Paused: running attempts finish, nothing new starts until resumed."),
     counts(queue.counts, new Set(queue.counts_estimated || [])),
     h(
       "dl",
