@@ -172,6 +172,9 @@ class Run(Record):
     # runs select (runlane_children_summary); null for a run without children
     children: dict[str, int] | None = None
     waiting: dict[str, Any] | None = None  # not a column: app.waiting works it out when shown
+    # not columns either: app.timings works them out when shown (contract §6)
+    eta: datetime | None = None
+    timings: dict[str, int] | None = None
     # the queries that show runs select whether the run's queue is paused for its tenant
     queue_paused: bool | None = field(default=None, metadata=INTERNAL)
     backoff: dict[str, Any] | None = field(default=None, metadata=INTERNAL)
@@ -189,6 +192,8 @@ class Run(Record):
     children_total: int = field(default=0, metadata=INTERNAL)
     children_pending: int = field(default=0, metadata=INTERNAL)
     cascade_pending: bool = field(default=False, metadata=INTERNAL)
+    # its first dispatch to a queue, for timings.queued_ms (migration 0011)
+    first_dispatched_at: datetime | None = field(default=None, metadata=INTERNAL)
 
     @property
     def budget_attempt(self) -> int:

@@ -120,22 +120,30 @@ def list_runs(
     queue: str | None = None,
     task: str | None = None,
     parent_id: str | None = None,
+    idempotency_key: str | None = None,
+    dedupe_key: str | None = None,
     limit: int = 50,
     before: tuple[datetime, str] | None = None,
 ) -> list[Run]:
-    rows = conn.execute(
-        q("list_runs"),
-        {
-            "tenant": tenant,
-            "status": status,
-            "queue": queue,
-            "task": task,
-            "parent_id": run_uuid(parent_id) if parent_id else None,
-            "limit": limit,
-            "before_created": before[0] if before else None,
-            "before_id": before[1] if before else None,
-        },
-    ).fetchall()
+    params = {
+        "tenant": tenant,
+        "status": status,
+        "queue": queue,
+        "task": task,
+        "parent_id": run_uuid(parent_id) if parent_id else None,
+        "idempotency_key": idempotency_key,
+        "dedupe_key": dedupe_key,
+        "limit": limit,
+        "before_created": before[0] if before else None,
+        "before_id": before[1] if before else None,
+    }
+    only_queue_status = (queue or status) and not (
+        task or parent_id or idempotency_key or dedupe_key
+    )
+    name = "list_runs_by_queue_status" if only_queue_status else "list_runs"
+    # Never prepared: a prepared statement may switch to one generic plan for every combination
+    # of filters, which cannot drop the filters not given and so reads no filter's index.
+    rows = conn.execute(q(name), params, prepare=False).fetchall()
     return [Run.from_row(row) for row in rows]
 
 

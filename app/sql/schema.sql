@@ -46,6 +46,8 @@ CREATE TABLE runs (
     children_total      integer NOT NULL DEFAULT 0,
     children_pending    integer NOT NULL DEFAULT 0,  -- its children not terminal
     cascade_pending     boolean NOT NULL DEFAULT false,
+    -- the first dispatch to a queue (migration 0011; dispatched_at is the latest): timings
+    first_dispatched_at timestamptz,
     CONSTRAINT runs_status_check CHECK (
         status IN ('waiting', 'queued', 'delayed', 'running', 'succeeded', 'failed', 'cancelled')),
     CONSTRAINT runs_priority_check CHECK (priority BETWEEN 1 AND 10),
@@ -53,11 +55,34 @@ CREATE TABLE runs (
 );
 
 CREATE INDEX runs_tenant_created_idx ON runs (tenant, created_at DESC, id DESC);
-CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status);
+-- GET /v1/runs newest first by queue and status (merged), by task; the queue counts from the
+-- first one alone (migration 0012)
+CREATE INDEX runs_tenant_queue_status_idx ON runs (tenant, queue, status, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_task_idx ON runs (tenant, task, created_at DESC, id DESC);
+CREATE INDEX runs_tenant_dedupe_key_idx ON runs (tenant, dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX runs_delayed_due_idx ON runs (scheduled_for) WHERE status = 'delayed';
 CREATE INDEX runs_queued_dispatch_idx ON runs (dispatched_at) WHERE status = 'queued';
 CREATE INDEX runs_running_lease_idx ON runs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX runs_finished_idx ON runs (finished_at) WHERE finished_at IS NOT NULL;
+-- the queues' recent throughput, from the index alone (migration 0012)
+CREATE INDEX runs_tenant_finished_idx ON runs (tenant, finished_at) INCLUDE (queue, status)
+    WHERE finished_at IS NOT NULL;
+
+-- Queue counts above the cap are the planner's estimates (migration 0012): these statistics
+-- make them per tenant, queue and status rather than the product of three frequencies.
+CREATE STATISTICS runs_tenant_queue_status_stats (mcv) ON tenant, queue, status FROM runs;
+
+-- The planner's estimate of a tenant's runs of one queue and status (the rows of its plan).
+CREATE FUNCTION runlane_runs_estimate(of_tenant text, of_queue text, of_status text)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    plan jsonb;
+BEGIN
+    EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM runs '
+                   'WHERE tenant = %L AND queue = %L AND status = %L',
+                   of_tenant, of_queue, of_status) INTO plan;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::bigint;
+END $$;
 
 -- The outbox: one row per event, written in the transaction of the state change it reports.
 -- Deduplication (contract §5.3): a tenant's dedupe key names at most one live run; how long it
@@ -748,3 +773,24 @@ CREATE TRIGGER runs_flow_changed AFTER UPDATE OF status ON runs
     WHEN (OLD.status IS DISTINCT FROM NEW.status
           AND (NEW.parent_id IS NOT NULL OR NEW.children_total > 0))
     EXECUTE FUNCTION runlane_flow_changed();
+
+-- Timings and ETA (contract §6, migration 0011). The first dispatch to a queue is kept beside
+-- the latest (dispatched_at): the inserts set it with the run, and this trigger catches any
+-- later first dispatch, whatever statement makes it (its WHEN is checked in C, so the claims
+-- and finishes of the hot path, which do not set dispatched_at, never call it).
+CREATE FUNCTION runlane_first_dispatch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.first_dispatched_at := NEW.dispatched_at;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER runs_first_dispatch BEFORE INSERT OR UPDATE OF dispatched_at ON runs
+    FOR EACH ROW
+    WHEN (NEW.first_dispatched_at IS NULL AND NEW.dispatched_at IS NOT NULL)
+    EXECUTE FUNCTION runlane_first_dispatch();
+
+-- The ETA of a running run without progress: the median duration of the last runs of its task
+-- that succeeded for its tenant, newest first from this index (started_at included, so the
+-- sample is read from the index alone).
+CREATE INDEX runs_succeeded_task_idx ON runs (tenant, task, finished_at DESC)
+    INCLUDE (started_at) WHERE status = 'succeeded';

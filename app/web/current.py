@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import waiting
+from app import timings, waiting
 from app.domain import Run
 from app.services import Services
+from app.timings import TaskDurations
 from app.waiting import ServedQueues
 from app.web import errors
 from app.web.errors import ApiError
@@ -43,9 +46,28 @@ def served_queues() -> frozenset[str] | None:
     return cast(ServedQueues, current_app.extensions["runlane.served"]).get()
 
 
-def shown(run: Run, served: frozenset[str] | None = None) -> dict[str, Any]:
-    """A run as clients see it, with why it waits (pass `served` when showing many)."""
-    return waiting.shown(run, served if served is not None else served_queues())
+def shown(run: Run) -> dict[str, Any]:
+    """A run as clients see it: with why it waits, its eta and its timings. (A batch's reply
+    shows a thousand new runs one by one: none is running, so this asks nothing more.)"""
+    medians = _medians([run]) if timings.needs_median(run) else {}
+    found = waiting.shown(run, served_queues())
+    return timings.shown_timings(found, run, datetime.now(UTC), medians)
+
+
+def shown_all(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Runs as clients see them, with what that takes read once for them all: which queues have
+    workers, and the median durations of the tasks of those running without progress."""
+    served = served_queues()
+    medians = _medians(runs)
+    now = datetime.now(UTC)
+    return [timings.shown_timings(waiting.shown(run, served), run, now, medians) for run in runs]
+
+
+def _medians(runs: Sequence[Run]) -> Mapping[timings.TaskKey, float | None]:
+    wanted = {(run.tenant, run.task) for run in runs if timings.needs_median(run)}
+    if not wanted:
+        return {}
+    return cast(TaskDurations, current_app.extensions["runlane.durations"]).medians(wanted)
 
 
 def relay_nudged() -> None:

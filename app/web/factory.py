@@ -9,6 +9,7 @@ from werkzeug.routing import BaseConverter
 from app import logs
 from app.config import Settings
 from app.services import Services
+from app.timings import TaskDurations
 from app.waiting import ServedQueues
 from app.web import errors
 from app.web.current import needs_relay_nudge, services
@@ -23,7 +24,7 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """The Flask app. Without arguments (gunicorn's `app.web:create_app()`) it is the entry
     point: it reads the environment and configures logging."""
-    from app.web import ops, queues_api, runs_api, schedules_api, tails, workers_api
+    from app.web import bulk_api, ops, queues_api, runs_api, schedules_api, tails, ui, workers_api
 
     if services is None:
         if settings is None:
@@ -39,11 +40,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         services.redis, services.keys, services.settings.idempotency_ttl_seconds
     )
     app.extensions["runlane.served"] = ServedQueues(services.redis, services.keys)
+    app.extensions["runlane.durations"] = TaskDurations(services.pool)
     metrics = Metrics()
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)
     errors.register(app)
-    blueprints = (runs_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp)
+    blueprints = (
+        runs_api.bp, bulk_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp,
+        ui.bp,
+    )  # fmt: skip
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     tails.init_app(app)
@@ -61,9 +66,10 @@ def _nudge_relay(response: Response) -> Response:
 
 class RunIdConverter(BaseConverter):
     """A run id in a path: any segment (one that is no uuid is a 404 naming it) but `batch`,
-    so that /v1/runs/batch, POST only, is not also GET /v1/runs/{id} in an Allow header."""
+    `cancel` and `retry`, so that /v1/runs/batch and the bulk /v1/runs/cancel and /retry, POST
+    only, are not also GET /v1/runs/{id} (a GET of them is 405, naming POST in Allow)."""
 
-    regex = r"(?!batch(?:/|$))[^/]+"
+    regex = r"(?!(?:batch|cancel|retry)(?:/|$))[^/]+"
 
 
 class _Json(DefaultJSONProvider):

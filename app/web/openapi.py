@@ -28,6 +28,7 @@ _CACHE = "runlane.openapi"
 IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})  # Werkzeug answers these for every route
 # The contract names a run's path parameter {id}; the views call it run_id.
 PATH_ALIASES = {"run_id": "id"}
+OUTSIDE_BLUEPRINTS = ("ui.",)
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 ERRORS = {
@@ -173,12 +174,19 @@ def _resolve_markers(node: Any, tasks: list[str]) -> None:
             _resolve_markers(value, tasks)
 
 
+def outside_the_api(rule: Rule) -> bool:
+    """Routes that serve a browser, not API clients: Flask's static files and the dashboard
+    (app.web.ui: its page, its assets and the / redirect), which the document leaves out."""
+    endpoint = str(rule.endpoint)
+    return endpoint == "static" or endpoint.startswith(OUTSIDE_BLUEPRINTS)
+
+
 def undocumented(url_map: Map, doc: Doc) -> list[str]:
-    """Every route of `url_map` (but `static`) with a method that `doc` lacks, as
+    """Every route of `url_map` (but those outside the API) with a method that `doc` lacks, as
     "METHOD /rule (endpoint)"."""
     missing = []
     for rule in url_map.iter_rules():
-        if rule.endpoint == "static":
+        if outside_the_api(rule):
             continue
         item = doc["paths"].get(openapi_path(rule), {})
         missing += [

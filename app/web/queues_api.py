@@ -32,9 +32,10 @@ def list_queues() -> dict[str, Any]:
     with services().pool.connection() as conn:
         counts, paused = queues.run_counts(conn, tenant()), queues.paused_queues(conn, tenant())
         limited = limits.queue_limits(conn, tenant())
+        recent = queues.recent_finishes(conn, tenant())
     workers = _live_workers()
     names = sorted(set(counts) | paused | set(workers) | set(limited))
-    return {"items": [_queue(name, counts, paused, workers, limited) for name in names]}
+    return {"items": [_queue(name, counts, paused, workers, limited, recent) for name in names]}
 
 
 @bp.put("/queues/<name>/limits")
@@ -124,23 +125,28 @@ def _limit(value: Any) -> Any:
 def _one_queue(conn: Conn, name: str) -> dict[str, Any]:
     counts = queues.run_counts(conn, tenant(), name)
     paused = queues.paused_queues(conn, tenant(), name)
-    return _queue(name, counts, paused, _live_workers(), limits.queue_limits(conn, tenant(), name))
+    limited = limits.queue_limits(conn, tenant(), name)
+    recent = queues.recent_finishes(conn, tenant(), name)
+    return _queue(name, counts, paused, _live_workers(), limited, recent)
 
 
 def _queue(
     name: str,
-    counts: dict[str, Counter[str]],
+    counts: dict[str, queues.Counts],
     paused: set[str],
     workers: Counter[str],
     limited: dict[str, Limits],
+    recent: queues.Recent,
 ) -> dict[str, Any]:
-    by_status = counts.get(name, Counter())
+    seen = counts.get(name, queues.Counts(Counter(), frozenset()))
     return {
         "name": name,
         "paused": name in paused,
         "workers": workers[name],
-        "counts": {status.value: by_status[status.value] for status in RunStatus},
+        "counts": {status.value: seen.by_status[status.value] for status in RunStatus},
+        "counts_estimated": [s.value for s in RunStatus if s.value in seen.estimated],
         "limits": limited.get(name, NO_LIMITS).to_json(),
+        "recent": recent.to_json(name),
     }
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from app.domain import Event, Record, Run, api_fields
+from app.domain import Event, Record, Run, RunStatus, api_fields
 from app.schedules import Schedule
 from app.web.schemas import Backoff
 
@@ -49,6 +49,24 @@ class ChildrenSummary(Response):
     pending: int = Field(ge=0)
 
 
+def _omitted_when_absent(schema: dict[str, Any]) -> None:
+    # A part that has not happened is left out, never null: no default to show either.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
+class Timings(Response):
+    """Milliseconds from the run's created_at to its first dispatch to a queue (first ever: a
+    retry does not move it), to the start of its last attempt, to its end. A part that has not
+    happened is left out (a queued run has only queued_ms; a delayed one none yet)."""
+
+    model_config = ConfigDict(json_schema_extra=_omitted_when_absent)
+
+    queued_ms: int = Field(default=None, ge=0)  # type: ignore[assignment]  # absent, never null
+    started_ms: int = Field(default=None, ge=0)  # type: ignore[assignment]
+    finished_ms: int = Field(default=None, ge=0)  # type: ignore[assignment]
+
+
 def response_of(record: type[Record], name: str, **refined: Any) -> type[Response]:
     """The response model of a domain record: its API fields, in order, every one required;
     `refined` gives a field a more precise type for the document than the record declares."""
@@ -79,6 +97,15 @@ else:
         progress=Progress | None,
         children=ChildrenSummary | None,
         waiting=Waiting | None,
+        eta=Annotated[
+            datetime | None,
+            Field(
+                description="while running: when it should end, from its progress rate, else "
+                "from the median duration of the tenant's last 100 succeeded runs of its task "
+                "(then it may be past); null otherwise, or with neither"
+            ),
+        ],
+        timings=Timings,
     )
     EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
     ScheduleOut = response_of(Schedule, "ScheduleOut")
@@ -87,6 +114,13 @@ else:
 class RunList(Response):
     items: list[RunOut]
     next_cursor: str | None
+
+
+class BulkOut(Response):
+    """How many of the caller's runs the selection matched, and how many of them changed."""
+
+    matched: int = Field(ge=0)
+    changed: int = Field(ge=0)
 
 
 class RunBatchOut(Response):
@@ -131,12 +165,32 @@ class LimitsOut(Response):
     key_rate: RateOut | None
 
 
+class RecentMinute(Response):
+    at: datetime = Field(description="the minute's start")
+    succeeded: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    cancelled: int = Field(ge=0)
+
+
+class RecentFinishes(Response):
+    """The caller's runs of the queue that ended in each of the last minutes (throughput and
+    failure rate), oldest first; the last is the minute in progress."""
+
+    window_s: int = Field(description="the minutes covered, in seconds (600)")
+    minutes: list[RecentMinute]
+
+
 class QueueOut(Response):
     name: str
     paused: bool
     workers: int
     counts: QueueCounts
+    counts_estimated: list[RunStatus] = Field(
+        description="the statuses whose count is an estimate: above 1,000 runs of the queue and "
+        "status a count is the planner's estimate (at least 1,001); up to 1,000, exact"
+    )
     limits: LimitsOut
+    recent: RecentFinishes
 
 
 class QueueList(Response):

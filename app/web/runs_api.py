@@ -22,9 +22,9 @@ from app.web.current import (
     query_args,
     read_json,
     relay_nudged,
-    served_queues,
     services,
     shown,
+    shown_all,
     validate,
 )
 from app.web.errors import ApiError
@@ -129,14 +129,15 @@ def list_runs() -> dict[str, Any]:
             queue=query.queue,
             task=query.task,
             parent_id=query.parent_id,
+            idempotency_key=query.idempotency_key,
+            dedupe_key=query.dedupe_key,
             limit=query.limit + 1,  # one more tells whether there is a next page
             before=_decode_cursor(query.cursor) if query.cursor else None,
         )
     page = found[: query.limit]
     more = len(found) > query.limit
-    served = served_queues()
     return {
-        "items": [shown(run, served) for run in page],
+        "items": shown_all(page),
         "next_cursor": _encode_cursor(page[-1]) if more else None,
     }
 

@@ -198,6 +198,45 @@ class RunBatch(Request):
     runs: list[RunCreate] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+MAX_BULK_IDS = 10_000
+# RunSelection's rule, for the document: not ids together with a filter.
+IDS_OR_FILTERS: dict[str, Any] = {
+    "not": {
+        "required": ["ids"],
+        "properties": {"ids": {"type": "array"}},
+        "anyOf": [
+            {"required": [name], "properties": {name: {"type": "string"}}}
+            for name in ("status", "queue", "task")
+        ],
+    }
+}
+
+
+class RunSelection(Request):
+    """POST /v1/runs/cancel and /v1/runs/retry: the caller's runs with these ids, or those the
+    filters match (as GET /v1/runs filters); `{}` selects every run of the caller."""
+
+    model_config = ConfigDict(json_schema_extra=IDS_OR_FILTERS)
+
+    status: RunStatus | None = Field(default=None, strict=False)  # its value, from JSON
+    queue: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
+    task: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
+    ids: list[Annotated[str, Field(pattern=UUID_PATTERN)]] | None = Field(
+        default=None, max_length=MAX_BULK_IDS, description="run ids; not with the filters"
+    )
+
+    @field_validator("ids")
+    @classmethod
+    def _ids_or_filters(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # the filters are declared first, so they have been validated by now
+        if value is not None and any(info.data.get(f) is not None for f in _FILTERS):
+            raise ValueError("give ids or the filters (status, queue, task), not both")
+        return value
+
+
+_FILTERS = ("status", "queue", "task")
+
+
 class ScheduleCreate(Request):
     """POST /v1/schedules: exactly one of cron and every_s."""
 
@@ -242,6 +281,10 @@ class RunListQuery(Query):
     parent_id: str | None = Field(default=None, pattern=UUID_PATTERN, description="its children")
     queue: str | None = Field(default=None, pattern=NO_NUL)
     task: str | None = Field(default=None, pattern=NO_NUL)
+    idempotency_key: str | None = Field(
+        default=None, pattern=NO_NUL, description="the run POST /v1/runs made with this key"
+    )
+    dedupe_key: str | None = Field(default=None, pattern=NO_NUL, description="runs of this key")
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(
         default=None, pattern=CURSOR_PATTERN, description="next_cursor of the last page"

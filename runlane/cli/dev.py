@@ -146,6 +146,7 @@ def _announce_when_up(settings: Settings, supervisor: Supervisor) -> None:
         supervisor.say(f"the web process did not answer on {base} within {READY_WAIT_S:g} s")
         return
     supervisor.say(f"listening on {base}, data in {settings.home}")
+    supervisor.say(f"dashboard: {base}/ui (sign in with an API token)")
     if not settings.dev_mode:
         return
     from app.config import dev_token

@@ -72,6 +72,8 @@ def test_metrics_count_requests_by_route(client: FlaskClient) -> None:
 CONTRACT_PATHS = {
     "/v1/runs": {"get", "post"},
     "/v1/runs/batch": {"post"},
+    "/v1/runs/cancel": {"post"},
+    "/v1/runs/retry": {"post"},
     "/v1/runs/{id}": {"get"},
     "/v1/runs/{id}/cancel": {"post"},
     "/v1/runs/{id}/retry": {"post"},

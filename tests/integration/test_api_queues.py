@@ -39,12 +39,14 @@ def test_queues_show_the_callers_counts(client: FlaskClient, services: Services)
 
     seen = queues(client)
     assert set(seen) == {"default", "mail"}
+    assert seen["default"].pop("recent")["window_s"] == 600
     assert seen["default"] == {
         "name": "default",
         "paused": False,
         "workers": 0,
         "counts": {"waiting": 0, "queued": 2, "delayed": 0, "running": 0, "succeeded": 0,
                    "failed": 0, "cancelled": 0},
+        "counts_estimated": [],
         "limits": {"concurrency": None, "rate": None, "key_concurrency": None, "key_rate": None},
     }  # fmt: skip
     assert seen["mail"]["counts"]["delayed"] == 1
@@ -108,6 +110,9 @@ def test_pause_and_resume_act_on_the_callers_runs_only(
 
 def test_pausing_a_queue_with_no_runs_yet(client: FlaskClient) -> None:
     body = client.post("/v1/queues/later/pause", headers=ALPHA).get_json()
+    minutes = body.pop("recent")["minutes"]
+    assert len(minutes) == 10
+    assert all(m["succeeded"] == m["failed"] == m["cancelled"] == 0 for m in minutes)
     assert body == {
         "name": "later",
         "paused": True,
@@ -115,6 +120,7 @@ def test_pausing_a_queue_with_no_runs_yet(client: FlaskClient) -> None:
         "counts": dict.fromkeys(
             ("waiting", "queued", "delayed", "running", "succeeded", "failed", "cancelled"), 0
         ),
+        "counts_estimated": [],
         "limits": dict.fromkeys(("concurrency", "rate", "key_concurrency", "key_rate")),
     }
     assert queues(client)["later"]["paused"] is True

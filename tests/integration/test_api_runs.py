@@ -156,7 +156,7 @@ def test_submit_returns_the_run_with_location_and_dispatches_it(
         "id", "task", "queue", "status", "input", "result", "error", "attempt", "max_attempts",
         "priority", "progress", "metadata", "idempotency_key", "created_at", "scheduled_for",
         "started_at", "finished_at", "last_seq", "limit_key", "dedupe_key", "parent_id",
-        "children", "waiting",
+        "children", "waiting", "eta", "timings",
     }  # fmt: skip
     assert (run["status"], run["queue"], run["priority"], run["input"]) == (
         "queued", "default", 2, {"a": [1]}

@@ -178,3 +178,39 @@ def test_the_relay_place_starts_below_the_first_event_not_yet_sent(
     with psycopg.connect(empty_database_url) as conn:
         rows = conn.execute("SELECT tenant, published_tseq FROM tenant_streams ORDER BY 1")
         assert [tuple(r) for r in rows] == [("alpha", 2), ("beta", 4)]
+
+
+def test_runs_stored_before_0011_get_their_first_dispatch_from_their_events(
+    empty_database_url: str,
+) -> None:
+    """Upgrading to 0011: a run's first dispatch is its first run.queued (a parent's
+    run.children_done) event, not its latest dispatch; a run never queued has none."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(db.q("create_migrations_table"))
+        for version, name, sql in db.migrations():
+            if version < 11:
+                conn.execute(sql)
+                conn.execute(db.q("record_migration"), {"version": version, "name": name})
+        conn.execute(
+            "INSERT INTO runs (id, tenant, task, queue, status, dispatched_at) VALUES"
+            " ('00000000-0000-0000-0000-000000000001', 'a', 't', 'q', 'queued', now()),"
+            " ('00000000-0000-0000-0000-000000000002', 'a', 't', 'q', 'queued', now()),"
+            " ('00000000-0000-0000-0000-000000000003', 'a', 't', 'q', 'delayed', NULL)"
+        )
+        conn.execute(  # run 1 queued twice (a retry), run 2 a parent queued by its children
+            "INSERT INTO run_events (run_id, seq, type, tenant, queue, at) VALUES"
+            " ('00000000-0000-0000-0000-000000000001', 1, 'run.queued', 'a', 'q', '2030-01-01'),"
+            " ('00000000-0000-0000-0000-000000000001', 2, 'run.queued', 'a', 'q', '2030-01-02'),"
+            " ('00000000-0000-0000-0000-000000000002', 1, 'run.waiting', 'a', 'q', '2030-01-01'),"
+            " ('00000000-0000-0000-0000-000000000002', 2, 'run.children_done', 'a', 'q',"
+            "  '2030-01-03'),"
+            " ('00000000-0000-0000-0000-000000000003', 1, 'run.delayed', 'a', 'q', '2030-01-01')"
+        )
+
+    assert db.migrate(empty_database_url) == [11, *range(12, len(db.migrations()) + 1)]
+    with psycopg.connect(empty_database_url) as conn:
+        rows = conn.execute(
+            "SELECT to_char(first_dispatched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM runs"
+            " ORDER BY id"
+        ).fetchall()
+    assert [row[0] for row in rows] == ["2030-01-01", "2030-01-03", None]

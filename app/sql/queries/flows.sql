@@ -10,14 +10,18 @@
 INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
                   priority, metadata, idempotency_key, request_fingerprint, dedupe_key,
                   limit_key, parent_id, root_id, child_index, on_child_failure, children_total,
-                  children_pending, created_at, scheduled_for, dispatched_at, last_seq)
+                  children_pending, created_at, scheduled_for, dispatched_at,
+                  first_dispatched_at, last_seq)
 SELECT n.id, %(tenant)s, n.task, n.queue, n.status, COALESCE(n.input, 'null'), n.max_attempts, n.backoff,
        n.timeout_s, n.priority, n.metadata, n.idempotency_key, n.request_fingerprint,
        n.dedupe_key, n.limit_key, n.parent_id, n.root_id, n.child_index, n.on_child_failure,
        n.children_total, n.children_total,
        now() + make_interval(secs => (n.place - 1) / 1e6),
        COALESCE(n.scheduled_for, now() + make_interval(secs => (n.place - 1) / 1e6)),
-       CASE WHEN n.status = 'queued' THEN now() END, 1
+       CASE WHEN n.status = 'queued' THEN now() END,
+       -- its created_at: dispatched in the transaction that made it (timings.queued_ms 0)
+       CASE WHEN n.status = 'queued' THEN now() + make_interval(secs => (n.place - 1) / 1e6) END,
+       1
 FROM jsonb_to_recordset(%(runs)s) AS n(
     id uuid, task text, queue text, status text, input jsonb, max_attempts integer,
     backoff jsonb, timeout_s double precision, priority smallint, metadata jsonb,

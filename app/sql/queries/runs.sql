@@ -6,11 +6,13 @@
 -- created_at and an immediate run's scheduled_for are the same instant
 INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
                   priority, metadata, idempotency_key, request_fingerprint, dedupe_key,
-                  limit_key, created_at, scheduled_for, dispatched_at, last_seq)
+                  limit_key, created_at, scheduled_for, dispatched_at, first_dispatched_at,
+                  last_seq)
 VALUES (%(id)s, %(tenant)s, %(task)s, %(queue)s, %(status)s, %(input)s, %(max_attempts)s,
         %(backoff)s, %(timeout_s)s, %(priority)s, %(metadata)s, %(idempotency_key)s,
         %(request_fingerprint)s, %(dedupe_key)s, %(limit_key)s, now(),
         COALESCE(%(scheduled_for)s, now()),
+        CASE WHEN %(status)s = 'queued' THEN now() END,
         CASE WHEN %(status)s = 'queued' THEN now() END, 1)
 ON CONFLICT (tenant, idempotency_key) DO NOTHING
 RETURNING *,
@@ -35,7 +37,50 @@ WHERE id = %(id)s AND tenant = %(tenant)s;
 -- name: get_run_any_tenant
 SELECT * FROM runs WHERE id = %(id)s;
 
+-- name: list_runs_by_queue_status
+-- A page of runs filtered by queue or status (or both) alone, newest first: the newest `limit`
+-- of each queue and status of runs_tenant_queue_status_idx, merged. Each is read from the
+-- index alone, so a page reads at most limit entries per queue and status however rare the
+-- value is, and no index per filter is written at every status change. The tenant's queues
+-- (when no queue is given) come from the same index, one descent each (a loose index scan).
+WITH RECURSIVE every_queue AS (
+    (SELECT queue FROM runs WHERE tenant = %(tenant)s AND %(queue)s::text IS NULL
+     ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.queue FROM runs r WHERE r.tenant = %(tenant)s AND r.queue > every_queue.queue
+            ORDER BY r.queue LIMIT 1)
+    FROM every_queue WHERE every_queue.queue IS NOT NULL
+), names AS (
+    SELECT queue FROM every_queue WHERE queue IS NOT NULL
+    UNION ALL
+    SELECT %(queue)s::text WHERE %(queue)s::text IS NOT NULL
+), page AS (
+    SELECT p.id, p.created_at FROM names
+    CROSS JOIN unnest(CASE WHEN %(status)s::text IS NULL
+                           THEN ARRAY['waiting', 'queued', 'delayed', 'running', 'succeeded',
+                                      'failed', 'cancelled']
+                           ELSE ARRAY[%(status)s::text] END) AS s(status)
+    CROSS JOIN LATERAL (
+        SELECT r.id, r.created_at FROM runs r
+        WHERE r.tenant = %(tenant)s AND r.queue = names.queue AND r.status = s.status
+          AND (%(before_created)s::timestamptz IS NULL
+               OR (r.created_at, r.id) < (%(before_created)s, %(before_id)s::uuid))
+        ORDER BY r.created_at DESC, r.id DESC
+        LIMIT %(limit)s) AS p
+    ORDER BY p.created_at DESC, p.id DESC
+    LIMIT %(limit)s
+)
+-- id = ANY(ARRAY(...)): the page's rows by primary key, never a join the planner might hash
+SELECT runs.*, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
+       runlane_children_summary(runs) AS children
+FROM runs
+WHERE runs.id = ANY(ARRAY(SELECT page.id FROM page)) AND runs.tenant = %(tenant)s
+ORDER BY runs.created_at DESC, runs.id DESC;
+
 -- name: list_runs
+-- Any other page of runs. A filter not given is NULL: run unprepared (app.runs.list_runs), the
+-- plan is made for the filters given and reads the index of one of them: the task's, a flow's
+-- parent's, the keys' (migration 0012), or with none the tenant's newest first.
 SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
        runlane_children_summary(runs) AS children
 FROM runs
@@ -44,6 +89,8 @@ WHERE tenant = %(tenant)s
   AND (%(parent_id)s::uuid IS NULL OR parent_id = %(parent_id)s)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(idempotency_key)s::text IS NULL OR idempotency_key = %(idempotency_key)s)
+  AND (%(dedupe_key)s::text IS NULL OR dedupe_key = %(dedupe_key)s)
   AND (%(before_created)s::timestamptz IS NULL
        OR (created_at, id) < (%(before_created)s, %(before_id)s::uuid))
 ORDER BY created_at DESC, id DESC
