@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.db import q
-from app.domain import Run, rfc3339
+from app.domain import Run, RunStatus, rfc3339
 from app.runs import Conn
 
 
@@ -54,7 +54,10 @@ def run_counts(
 ) -> dict[str, Counts]:
     """The tenant's runs per queue and status (one queue, or all when `queue` is None): exact up
     to `cap` (COUNT_CAP), the planner's estimate above it."""
-    params = {"tenant": tenant, "queue": queue, "cap": COUNT_CAP if cap is None else cap}
+    params = {
+        "tenant": tenant, "queue": queue, "cap": COUNT_CAP if cap is None else cap,
+        "statuses": [status.value for status in RunStatus],
+    }  # fmt: skip
     by_status: dict[str, Counter[str]] = defaultdict(Counter)
     estimated: dict[str, set[str]] = defaultdict(set)
     # unprepared, as list_runs: a generic plan could not drop the queue filter when it is NULL

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from app.db import jsonb, q
-from app.domain import Event, Run
+from app.domain import Event, Run, RunStatus
 
 Conn = psycopg.Connection[Any]
 
@@ -125,7 +125,7 @@ def list_runs(
     limit: int = 50,
     before: tuple[datetime, str] | None = None,
 ) -> list[Run]:
-    params = {
+    params: dict[str, Any] = {
         "tenant": tenant,
         "status": status,
         "queue": queue,
@@ -141,6 +141,7 @@ def list_runs(
         task or parent_id or idempotency_key or dedupe_key
     )
     name = "list_runs_by_queue_status" if only_queue_status else "list_runs"
+    params["statuses"] = [status] if status else [s.value for s in RunStatus]
     # Never prepared: a prepared statement may switch to one generic plan for every combination
     # of filters, which cannot drop the filters not given and so reads no filter's index.
     rows = conn.execute(q(name), params, prepare=False).fetchall()

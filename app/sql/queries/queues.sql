@@ -1,7 +1,7 @@
 -- Queues as one tenant sees them: its run counts per status, and its pauses.
 
 -- name: queue_counts
--- Per queue and status: exact up to %(cap)s, read from runs_tenant_queue_status_idx alone
+-- Per queue and status (every one of `statuses`): exact up to %(cap)s, read from runs_tenant_queue_status_idx alone
 -- (cap + 1 entries at most), and above it the planner's estimate (runlane_runs_estimate), never
 -- below what was counted. A count of every row would read millions of entries a request.
 -- The tenant's queues come from the same index, one descent per queue (a loose index scan).
@@ -22,8 +22,7 @@ SELECT names.queue, s.status, c.n > %(cap)s AS estimated,
             THEN greatest(c.n, runlane_runs_estimate(%(tenant)s, names.queue, s.status))
             ELSE c.n END AS n
 FROM names
-CROSS JOIN unnest(ARRAY['waiting', 'queued', 'delayed', 'running', 'succeeded', 'failed',
-                        'cancelled']) AS s(status)
+CROSS JOIN unnest(%(statuses)s::text[]) AS s(status)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n FROM (
         SELECT 1 FROM runs r

@@ -39,7 +39,8 @@ SELECT * FROM runs WHERE id = %(id)s;
 
 -- name: list_runs_by_queue_status
 -- A page of runs filtered by queue or status (or both) alone, newest first: the newest `limit`
--- of each queue and status of runs_tenant_queue_status_idx, merged. Each is read from the
+-- of each queue and status (`statuses`: the one asked for, or all) of
+-- runs_tenant_queue_status_idx, merged. Each is read from the
 -- index alone, so a page reads at most limit entries per queue and status however rare the
 -- value is, and no index per filter is written at every status change. The tenant's queues
 -- (when no queue is given) come from the same index, one descent each (a loose index scan).
@@ -56,10 +57,7 @@ WITH RECURSIVE every_queue AS (
     SELECT %(queue)s::text WHERE %(queue)s::text IS NOT NULL
 ), page AS (
     SELECT p.id, p.created_at FROM names
-    CROSS JOIN unnest(CASE WHEN %(status)s::text IS NULL
-                           THEN ARRAY['waiting', 'queued', 'delayed', 'running', 'succeeded',
-                                      'failed', 'cancelled']
-                           ELSE ARRAY[%(status)s::text] END) AS s(status)
+    CROSS JOIN unnest(%(statuses)s::text[]) AS s(status)
     CROSS JOIN LATERAL (
         SELECT r.id, r.created_at FROM runs r
         WHERE r.tenant = %(tenant)s AND r.queue = names.queue AND r.status = s.status
