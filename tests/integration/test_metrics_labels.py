@@ -24,7 +24,8 @@ def test_made_up_methods_and_paths_fold_into_one_label_value_each(client: FlaskC
     rng = random.Random(7)
     for i in range(50):
         method = "".join(rng.choices(string.ascii_uppercase, k=6)) + str(i)
-        path = "/" + "".join(rng.choices(string.ascii_lowercase + "/", k=12)) + str(i)
+        # "/x": a path starting "//" reads to the test client as a host, and so as "/"
+        path = "/x" + "".join(rng.choices(string.ascii_lowercase + "/", k=12)) + str(i)
         client.open(path, method=method)
         client.open("/healthz", method=method)
         client.get(path)
