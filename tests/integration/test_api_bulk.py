@@ -15,15 +15,7 @@ from app import attempts
 from app import bulk as bulk_changes
 from app.domain import Run
 from app.services import Services
-from tests.conftest import auth
-
-ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
-
-
-def submit(client: FlaskClient, headers: dict[str, str] = ALPHA, **body: Any) -> Any:
-    response = client.post("/v1/runs", json={"task": "demo.echo", **body}, headers=headers)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
+from tests.integration.api import ALPHA, BETA, submit
 
 
 def status(client: FlaskClient, run_id: str, headers: dict[str, str] = ALPHA) -> str:

@@ -12,15 +12,7 @@ from rq import Queue, Worker
 
 from app import attempts
 from app.services import Services
-from tests.conftest import auth
-
-ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
-
-
-def submit(client: FlaskClient, headers: dict[str, str] = ALPHA, **body: Any) -> Any:
-    response = client.post("/v1/runs", json={"task": "demo.echo", **body}, headers=headers)
-    assert response.status_code == 201
-    return response.get_json()
+from tests.integration.api import ALPHA, BETA, submit
 
 
 def queues(client: FlaskClient, headers: dict[str, str] = ALPHA) -> dict[str, Any]:

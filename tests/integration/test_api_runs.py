@@ -14,8 +14,7 @@ from rq import Queue
 from app import attempts, dispatch, runs, tasks
 from app.services import Services
 from tests.conftest import auth
-
-ALPHA, BETA = auth("tok-alpha"), auth("tok-beta")
+from tests.integration.api import ALPHA, BETA, submit
 
 
 def registry_with_defaults() -> tasks.Registry:
@@ -36,12 +35,6 @@ def services(services: Services) -> Services:
     """The shared fixture's services, with a task whose defaults the API must apply."""
     services.registry = registry_with_defaults()
     return services
-
-
-def submit(client: FlaskClient, headers: dict[str, str] = ALPHA, **body: Any) -> Any:
-    response = client.post("/v1/runs", json={"task": "demo.echo", **body}, headers=headers)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
