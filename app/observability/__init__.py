@@ -1,0 +1,1 @@
+"""Telemetry every process kind shares: Prometheus metrics and OpenTelemetry tracing."""
