@@ -43,6 +43,10 @@ class Settings:
     web_concurrency: int = 2
     web_threads: int = 64
     access_log: bool = False
+    # The key scoped tokens are signed with (app.web.scoped); None: derived from the API tokens.
+    token_secret: str | None = field(default=None, repr=False)
+    # Origins whose pages may call the API from a browser (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +75,8 @@ class Settings:
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, low=1, high=64),
             web_threads=_int(env, "RUNLANE_WEB_THREADS", 64, low=1, high=10_000),
             access_log=bool(env.get("RUNLANE_ACCESS_LOG")),
+            token_secret=env.get("RUNLANE_TOKEN_SECRET") or None,
+            cors_origins=_origins(env.get("RUNLANE_CORS_ORIGINS")),
         )
 
     def require_urls(self) -> tuple[str, str]:
@@ -135,6 +141,20 @@ def dev_token(home: Path) -> str:
     finally:
         tmp.unlink()
     return path.read_text().strip()
+
+
+def _origins(raw: str | None) -> tuple[str, ...]:
+    """RUNLANE_CORS_ORIGINS: scheme://host[:port] each, as a browser sends Origin; or `*`."""
+    origins = tuple(origin.rstrip("/") for origin in _csv(raw))
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        malformed = scheme not in ("http", "https") or not sep or not rest or "/" in rest
+        if origin != "*" and malformed:
+            raise ConfigError(
+                f"RUNLANE_CORS_ORIGINS entries are origins like https://app.example.com, "
+                f"got {origin[:80]!r}"
+            )
+    return origins
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:

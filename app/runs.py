@@ -106,6 +106,14 @@ def get_run(conn: Conn, tenant: str, run_id: str) -> Run:
     return Run.from_row(row)
 
 
+def tenant_run_ids(conn: Conn, tenant: str, run_ids: list[str]) -> set[str]:
+    """The ids among `run_ids` of runs the tenant has."""
+    rows = conn.execute(
+        q("tenant_run_ids"), {"tenant": tenant, "ids": [run_uuid(i) for i in run_ids]}
+    ).fetchall()
+    return {str(row["id"]) for row in rows}
+
+
 def load_run(conn: Conn, run_id: str) -> Run | None:
     """A run by id whatever its tenant: for workers, which act on ids Postgres gave out."""
     row = conn.execute(q("get_run_any_tenant"), {"id": run_uuid(run_id)}).fetchone()

@@ -1,7 +1,8 @@
 """Bearer-token authentication: the token decides the tenant. Tokens are never logged.
 
 The token comes in the `Authorization: Bearer` header; only the routes a browser opens without
-being able to set headers (a WebSocket, an EventSource) also take it as `?token=`.
+being able to set headers (a WebSocket, an EventSource) also take it as `?token=`. An API token
+may do anything for its tenant; a scoped token (app.web.scoped) only reads the runs it names.
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ from typing import TypeVar
 
 from flask import current_app, g, request
 
+from app.domain import Run
+from app.web import scoped
 from app.web.errors import ApiError
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 QUERY_TOKEN = "token"
 _WHEN_ATTR = "runlane_query_token_when"
 F = TypeVar("F", bound=Callable[..., object])
+# What a scoped token may do: GET these views (for the runs of its scope only).
+SCOPED_VIEWS = frozenset({
+    "runs.get_run", "runs.list_events", "runs.list_runs",
+    "tails_ws.run_tail", "tails_ws.run_tail_http", "tails_ws.tenant_tail",
+    "tails_ws.tenant_tail_http",
+})  # fmt: skip
+_READS = frozenset({"GET", "HEAD"})
 
 
 def tenant_for(token: str | None, tokens: Mapping[str, str]) -> str | None:
@@ -62,14 +72,61 @@ def query_token(when: Callable[[], bool]) -> Callable[[F], F]:
     return mark
 
 
-def require_tenant() -> None:
-    """before_request hook of the /v1 blueprints: sets g.tenant or answers 401."""
-    tenant = authenticate(request_token(query=_query_token_allowed()))
-    if tenant is None:
+def identify(token: str | None) -> tuple[str, scoped.Scope | None]:
+    """(tenant, None) for an API token, (tenant, scope) for a scoped one; else 401."""
+    tenant = authenticate(token)
+    if tenant is not None:
+        return tenant, None
+    services = current_app.extensions["runlane"]
+    try:
+        scope = scoped.read(current_app.extensions["runlane.token_key"], token) if token else None
+    except scoped.Expired:
+        raise ApiError(
+            401, "this token has expired", slug="token-expired", headers=CHALLENGE
+        ) from None
+    # a tenant whose API tokens are all gone keeps no scoped access either
+    if scope is None or scope.tenant not in set(services.settings.api_tokens.values()):
         raise ApiError(
             401, "a valid bearer token is required", slug="unauthorized", headers=CHALLENGE
         )
-    g.tenant = tenant
+    return scope.tenant, scope
+
+
+def require_tenant() -> None:
+    """before_request hook of the /v1 blueprints: sets g.tenant (and g.scope) or answers 401,
+    or 403 for a scoped token outside what it may do."""
+    if request.method == "OPTIONS":
+        return  # a CORS preflight carries no token; Flask answers it with the route's methods
+    g.tenant, g.scope = identify(request_token(query=_query_token_allowed()))
+    if g.scope is not None and (
+        request.method not in _READS or request.endpoint not in SCOPED_VIEWS
+    ):
+        raise forbidden()
+
+
+def forbidden() -> ApiError:
+    return ApiError(
+        403, "this token may only read the runs it was made for", slug="forbidden-by-scope"
+    )
+
+
+def permit(run: Run) -> Run:
+    """`run`, if the caller may read it (a scoped token: only the runs of its scope); else 403."""
+    scope: scoped.Scope | None = g.get("scope")
+    if scope is not None and not scope.covers(run.id, run.queue):
+        raise forbidden()
+    return run
+
+
+def scoped_queue(asked: str | None) -> str | None:
+    """The queue a list or tenant tail is limited to: `asked`, or a queue token's queue (403
+    for another queue, and for a token of a list of runs)."""
+    scope: scoped.Scope | None = g.get("scope")
+    if scope is None:
+        return asked
+    if scope.queue is None or asked not in (None, scope.queue):
+        raise forbidden()
+    return scope.queue
 
 
 def _query_token_allowed() -> bool:

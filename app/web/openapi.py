@@ -33,14 +33,15 @@ _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 ERRORS = {
     400: "The body is not JSON, or a header or query parameter is malformed",
-    401: "Missing or unknown bearer token",
+    401: "Missing, unknown or expired bearer token",
+    403: "A scoped token (POST /v1/tokens) used outside its runs, or to do more than read",
     404: "No such resource for this tenant",
     409: "The resource's state forbids this, or the same Idempotency-Key is in flight",
     413: "The body is larger than 1 MiB",
     422: "The JSON (or a query parameter) breaks a rule; `errors` names the offending fields",
     426: "A plain HTTP request to a WebSocket route: connect with `Upgrade: websocket`",
-    503: "Redis or Postgres is unavailable (or, for /readyz, the schema is not current); "
-    "retry after `Retry-After` seconds",
+    503: "Redis or Postgres is unavailable (for /readyz: or the schema is not current); retry "
+    "after `Retry-After` seconds",
 }
 # Headers that every answer of a status carries, whatever the route.
 STATUS_HEADERS = {
@@ -119,9 +120,6 @@ def websocket_twin(view: F) -> F:
     same path documents the operation, so the twin is not documented again."""
     setattr(view, _ATTR, None)
     return view
-
-
-# --- the document ------------------------------------------------------------------------------
 
 
 def document(app: Flask) -> Doc:
@@ -290,7 +288,7 @@ def _query_params(model: type[BaseModel] | None, schemas: _Schemas) -> list[Doc]
 
 def _responses(op: Operation, *, v1: bool, schemas: _Schemas) -> Doc:
     answers = dict(op.responses)
-    implied = {401} if v1 else set()
+    implied = {401, 403} if v1 else set()  # 403: a scoped token outside its scope
     if op.storage:
         implied.add(503)
     if op.body is not None:

@@ -248,3 +248,10 @@ class Problem(Response):
 
 class Health(Response):
     status: str
+
+
+class TokenOut(Response):
+    """A scoped token: read-only, for the runs it names (or its queue's), until it expires."""
+
+    token: str
+    expires_at: datetime

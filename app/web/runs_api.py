@@ -15,7 +15,7 @@ from redis import RedisError
 from app import dispatch, flows, logs, runs
 from app.domain import Run, RunStatus
 from app.web import errors, idempotency, tails
-from app.web.auth import query_token, require_tenant, tenant
+from app.web.auth import permit, query_token, require_tenant, scoped_queue, tenant
 from app.web.current import (
     idempotency_store,
     metrics,
@@ -107,7 +107,7 @@ def submit_batch() -> Response:
 @documented("Get a run", path=[RUN_ID], responses={200: Reply("The run", RunOut), 404: None})
 def get_run(run_id: str) -> dict[str, Any]:
     with services().pool.connection() as conn:
-        run = runs.get_run(conn, tenant(), run_id)
+        run = permit(runs.get_run(conn, tenant(), run_id))
     return shown(run)
 
 
@@ -126,7 +126,7 @@ def list_runs() -> dict[str, Any]:
             conn,
             tenant(),
             status=query.status.value if query.status else None,
-            queue=query.queue,
+            queue=scoped_queue(query.queue),
             task=query.task,
             parent_id=query.parent_id,
             idempotency_key=query.idempotency_key,
@@ -195,7 +195,7 @@ def list_events(run_id: str) -> Any:
     last_event_id = _last_event_id()  # checked for both forms, used by the stream
     sse = tails.wants_event_stream()
     with services().pool.connection() as conn:
-        run = runs.get_run(conn, tenant(), run_id)
+        run = permit(runs.get_run(conn, tenant(), run_id))
         events = [] if sse else runs.list_events(conn, run.id, after=query.after, limit=query.limit)
     if sse:  # outside the `with`: a stream must not hold a pooled connection for its whole life
         return tails.sse_response(run, max(query.after, last_event_id))

@@ -58,6 +58,14 @@ ONE_TRIGGER: dict[str, Any] = {
         {"required": ["every_s"], "properties": {"every_s": {"type": "number"}}},
     ]
 }
+# TokenCreate's rule, for the document.
+ONE_SCOPE: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["runs"], "properties": {"runs": {"type": "array"}}},
+        {"required": ["queue"], "properties": {"queue": {"type": "string"}}},
+    ]
+}
+MAX_TOKEN_RUNS = 100
 # DedupeIn's rule, for the document: not both ttl_s and debounce_ms.
 ONE_DEDUPE_MODE: dict[str, Any] = {
     "not": {
@@ -311,3 +319,23 @@ class TenantTailQuery(Query):
         pattern=r"^[0-9]{1,19}$",
         description="resume after this cursor (the `cursor` of the last message)",
     )
+
+
+class TokenCreate(Request):
+    """POST /v1/tokens: a scoped token for these runs, or for every run of one queue."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_SCOPE)
+
+    runs: list[Annotated[str, Field(pattern=UUID_PATTERN)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_TOKEN_RUNS, description="run ids; not with queue"
+    )
+    queue: Name | None = None
+    ttl_s: Annotated[int, Field(ge=1, le=86_400), INTEGRAL] = Field(
+        default=3600, description="seconds until it expires"
+    )
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> TokenCreate:
+        if (self.runs is None) == (self.queue is None):
+            raise ValueError("give exactly one of runs and queue")
+        return self

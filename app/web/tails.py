@@ -18,7 +18,7 @@ from flask_sock import Sock
 from app import runs
 from app.domain import Run
 from app.web import streams
-from app.web.auth import CHALLENGE, authenticate, request_token
+from app.web.auth import identify, permit, request_token, scoped_queue
 from app.web.current import services
 from app.web.errors import ApiError, problem
 from app.web.openapi import RUN_ID, documented, websocket_twin
@@ -70,14 +70,17 @@ def hub() -> StreamHub:
 def _check_before_upgrade() -> Response | None:
     """Answer 401, 404, then 400 as problem+json while it is still HTTP; stash what the tail
     needs."""
+    if request.method == "OPTIONS":
+        return None  # a CORS preflight: no token, nothing to check
     try:
-        g.tail_tenant = _tenant()
+        g.tail_tenant, g.scope = identify(request_token(query=True))
         if request.view_args and "run_id" in request.view_args:
             with services().pool.connection() as conn:
-                g.tail_run = runs.get_run(conn, g.tail_tenant, request.view_args["run_id"])
+                run = runs.get_run(conn, g.tail_tenant, request.view_args["run_id"])
+            g.tail_run = permit(run)
             g.tail_after = _number("after", request.args.get("after"), default=0)
         else:
-            g.tail_queue = request.args.get("queue") or None
+            g.tail_queue = scoped_queue(request.args.get("queue") or None)
             cursor = request.args.get("cursor")
             g.tail_top = streams.tenant_top(services().pool, g.tail_tenant)
             g.tail_cursor = _number("cursor", cursor, default=g.tail_top)
@@ -99,13 +102,6 @@ def upgrade_required(**_: str) -> Response:
         slug="upgrade-required",
         headers={"Upgrade": "websocket"},
     )
-
-
-def _tenant() -> str:
-    tenant = authenticate(request_token(query=True))
-    if tenant is None:
-        raise ApiError(401, "a valid token is required", slug="unauthorized", headers=CHALLENGE)
-    return tenant
 
 
 def _number(name: str, raw: str | None, *, default: int) -> int:

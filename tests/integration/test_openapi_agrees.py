@@ -76,6 +76,8 @@ def cases(run_id: str, finished_id: str) -> list[Case]:
         ("post", "/v1/queues/%00/pause", {}),
         ("post", "/v1/queues/bad name/resume", {}),
         ("get", "/v1/tasks", {}),
+        ("post", "/v1/tokens", {"json": {"queue": "default", "ttl_s": 60}}),
+        ("post", "/v1/tokens", {"json": {"runs": [NOBODY]}}),
         ("get", "/v1/workers", {}),
         ("post", "/v1/schedules", {"json": schedule}),
         ("post", "/v1/schedules", {"json": schedule}),

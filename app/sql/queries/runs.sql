@@ -34,6 +34,10 @@ SELECT *, runlane_queue_paused(runs.tenant, runs.queue) AS queue_paused,
 FROM runs
 WHERE id = %(id)s AND tenant = %(tenant)s;
 
+-- name: tenant_run_ids
+-- Which of these ids are runs of the tenant (a scoped token may name only those).
+SELECT id FROM runs WHERE tenant = %(tenant)s AND id = ANY(%(ids)s::uuid[]);
+
 -- name: get_run_any_tenant
 SELECT * FROM runs WHERE id = %(id)s;
 
