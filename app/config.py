@@ -43,6 +43,11 @@ class Settings:
     web_concurrency: int = 2
     web_threads: int = 64
     access_log: bool = False
+    # Prometheus: one folder that every process of a machine writes its values to, which the
+    # web's /metrics adds up (runlane dev sets it for its children); and the port a process
+    # other than the web serves its own /metrics on (the first free one from it upward).
+    metrics_dir: Path | None = None
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +76,8 @@ class Settings:
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, low=1, high=64),
             web_threads=_int(env, "RUNLANE_WEB_THREADS", 64, low=1, high=10_000),
             access_log=bool(env.get("RUNLANE_ACCESS_LOG")),
+            metrics_dir=_path(env.get("PROMETHEUS_MULTIPROC_DIR")),
+            metrics_port=_int(env, "RUNLANE_METRICS_PORT", 0, low=1, high=65535) or None,
         )
 
     def require_urls(self) -> tuple[str, str]:
@@ -135,6 +142,10 @@ def dev_token(home: Path) -> str:
     finally:
         tmp.unlink()
     return path.read_text().strip()
+
+
+def _path(raw: str | None) -> Path | None:
+    return Path(raw).absolute() if raw else None
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:
