@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.extensions["runlane.served"] = ServedQueues(services.redis, services.keys)
     app.extensions["runlane.durations"] = TaskDurations(services.pool)
-    metrics = Metrics()
+    metrics = Metrics(services.settings.metrics_dir)
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)
     errors.register(app)

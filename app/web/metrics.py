@@ -9,13 +9,13 @@ live workers are read from Postgres and Redis at each scrape.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import Counter as CounterOf
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -41,10 +41,6 @@ OTHER = "other"
 UNMATCHED = "unmatched"  # every path no route matches (404, and 405s of unknown methods)
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
 @dataclass(frozen=True)
 class Gauges:
     """What /metrics reads at each scrape, summed over tenants; None: it could not be read."""
@@ -57,10 +53,12 @@ class Gauges:
 class Metrics:
     """The app's metric objects, made per app so that tests can build many apps."""
 
-    def __init__(self) -> None:
-        # In multiprocess mode values live in files, so they are registered nowhere; else each app
-        # has its own registry (the global one would refuse a second app's metrics).
-        self.registry = None if multiprocess_dir() else CollectorRegistry()
+    def __init__(self, folder: Path | None = None) -> None:
+        # In multiprocess mode (`folder`: Settings.metrics_dir) values live in files, so they are
+        # registered nowhere; else each app has its own registry (the global one would refuse a
+        # second app's metrics).
+        self.folder = folder
+        self.registry = None if folder else CollectorRegistry()
         if self.registry is not None:
             ProcessCollector(registry=self.registry)
         self.requests = Counter(
@@ -120,7 +118,7 @@ class Metrics:
         sharing the folder), and the gauges read at this scrape."""
         if self.registry is None:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            multiprocess.MultiProcessCollector(registry, path=str(self.folder))  # type: ignore[no-untyped-call]
         else:
             registry = self.registry
         found = gauges or Gauges()

@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +186,14 @@ def _announce_when_up(settings: Settings, supervisor: Supervisor) -> None:
     supervisor.say(f"try: {curl}")
 
 
+def forget_live_gauges(folder: str) -> Callable[[int], None]:
+    """What the supervisor does with each process that ended: its live gauges leave the sums of
+    the shared folder (its counters and histograms stay counted)."""
+    from prometheus_client import multiprocess
+
+    return lambda pid: multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+
+
 def _run_stack(
     settings: Settings, procfile: dict[str, str], env: dict[str, str], *, workers: int
 ) -> int:
@@ -193,13 +201,9 @@ def _run_stack(
     them all (SIGTERM, then SIGKILL after a grace period) on a signal or a crash loop."""
     from honcho.environ import expand_processes
     from honcho.printer import Printer
-    from prometheus_client import multiprocess
 
-    folder = env["PROMETHEUS_MULTIPROC_DIR"]
-    # a dead process's live gauges leave the sums (its counters and histograms stay counted)
     supervisor = Supervisor(
-        Printer(sys.stdout),
-        on_death=lambda pid: multiprocess.mark_process_dead(pid, folder),  # type: ignore[no-untyped-call]
+        Printer(sys.stdout), on_death=forget_live_gauges(env["PROMETHEUS_MULTIPROC_DIR"])
     )
     processes = {name: procfile[name] for name in STACK}
     for proc in expand_processes(processes, concurrency={"worker": workers}):
