@@ -54,14 +54,17 @@ def main(settings: Settings) -> None:
     redis = Redis.from_url(redis_url, health_check_interval=30)
     registry = metrics.registry_for(settings)
     server = metrics.serve(settings, registry)
+    observed = RelayMetrics(registry)
+    observed.recorder.start()
     relay = Relay(
         database_url, redis, Keys(settings.prefix), settings.run_retention_days * 86400,
-        metrics=RelayMetrics(registry),
+        metrics=observed,
     )  # fmt: skip
     try:
         relay.run(stop)
     finally:
         redis.close()
+        observed.recorder.stop()
         if server is not None:
             server.close()
     log.info("relay.stopped")

@@ -89,7 +89,10 @@ class RunlaneWorker(SimpleWorker):
             server = metrics.serve(self.settings, registry)
             if server is not None:
                 cleanup.callback(server.close)
-            executor = Executor(services, self.name, delivery, metrics.WorkerMetrics(registry))
+            observed = metrics.WorkerMetrics(registry)
+            observed.recorder.start()
+            cleanup.callback(observed.recorder.stop)
+            executor = Executor(services, self.name, delivery, observed)
             cleanup.callback(executor.close)
             self._install_signal_handlers_of(delivery)
             grace = self.settings.cancel_grace_seconds

@@ -12,7 +12,7 @@ import errno
 import logging
 import threading
 from collections import Counter as CounterOf
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ OUTCOMES = {
     "fail_attempt": "failed",
     "cancel_running": "cancelled",
 }
+FLUSH_S = 1.0  # how stale a worker's or relay's metrics may be
 PORTS_TRIED = 100  # RUNLANE_METRICS_PORT and the next ones, for several processes on one host
 
 Registry = CollectorRegistry | None  # None: the shared folder holds the values
@@ -71,21 +72,74 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def observe_all(
-    histogram: Histogram, observations: Iterable[tuple[tuple[str, ...], float]]
-) -> None:
-    """Many (labels, value) observations, each label set's bucket counts and sum added once.
-    Histogram.observe writes a sum and a bucket per value, two locked writes to an mmap'd file
-    under the shared folder; a worker's batch of 128 runs pays for one label set's few buckets."""
-    grouped: dict[tuple[str, ...], list[float]] = {}
+Labels = tuple[str, ...]
+
+
+def observe_all(histogram: Histogram, observations: Iterable[tuple[Labels, float]]) -> None:
+    """Many (labels, value) observations, each label set's bucket counts and sum added once:
+    Histogram.observe writes a sum and a bucket per value, under the shared folder two locked
+    writes to an mmap'd file (some 3 µs each)."""
+    grouped: dict[Labels, list[float]] = {}
     for labels, value in observations:
         grouped.setdefault(labels, []).append(value)
     for labels, values in grouped.items():
         child = histogram.labels(*labels)
         bounds = child._upper_bounds  # prometheus_client's own, +Inf last: every value fits one
-        for place, count in CounterOf(bisect.bisect_left(bounds, v) for v in values).items():
-            child._buckets[place].inc(count)
+        counts = [0] * len(bounds)
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+        for place, count in enumerate(counts):
+            if count:
+                child._buckets[place].inc(count)
         child._sum.inc(sum(values))
+
+
+class Recorder:
+    """Observations held in memory and written to their metrics once a period (by a thread of
+    its own) and at stop, so that a hot path (a worker's group commit, a relay's batch) only
+    appends to a list: written one by one, a no-op job's four metrics cost the worker 25-50 µs
+    of its 110 µs of CPU. A process killed outright loses its last period's observations."""
+
+    def __init__(self, period_s: float = FLUSH_S) -> None:
+        self.period_s = period_s
+        self._lock = threading.Lock()
+        self._observed: dict[Histogram, list[tuple[Labels, float]]] = {}
+        self._counted: dict[Counter, list[Labels]] = {}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+
+    def observe(self, histogram: Histogram, observations: Sequence[tuple[Labels, float]]) -> None:
+        if observations:
+            with self._lock:
+                self._observed.setdefault(histogram, []).extend(observations)
+
+    def count(self, counter: Counter, labels: Sequence[Labels]) -> None:
+        if labels:
+            with self._lock:
+                self._counted.setdefault(counter, []).extend(labels)
+
+    def flush(self) -> None:
+        with self._lock:
+            observed, self._observed = self._observed, {}
+            counted, self._counted = self._counted, {}
+        for histogram, observations in observed.items():
+            observe_all(histogram, observations)
+        for counter, labels in counted.items():
+            for values, count in CounterOf(labels).items():
+                counter.labels(*values).inc(count)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.period_s):
+            self.flush()
 
 
 def runs_finished(registry: Registry) -> Counter:
@@ -130,15 +184,12 @@ def queue_wait_s(run: Run) -> float | None:
     return max(0.0, (run.started_at - due).total_seconds())
 
 
-def _since(start: datetime, end: datetime | None) -> float | None:
-    return None if end is None else max(0.0, (end - start).total_seconds())
-
-
 class WorkerMetrics:
     """A worker process's: queue waits at the claim, attempts and runs as they are recorded,
-    observed a group commit at a time."""
+    held by a Recorder (start it, and stop it to write the rest)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, period_s: float = FLUSH_S) -> None:
+        self.recorder = Recorder(period_s)
         self.queue_wait = Histogram(
             "runlane_queue_wait_seconds",
             "From a run becoming due (queued, or due again after a retry) to its attempt's start.",
@@ -163,28 +214,31 @@ class WorkerMetrics:
         self.runs_finished = runs_finished(registry)
 
     def claimed(self, runs: list[Run]) -> None:
-        waits = ((run, queue_wait_s(run)) for run in runs)
-        observe_all(self.queue_wait, (((run.queue,), s) for run, s in waits if s is not None))
+        waits = []
+        for run in runs:
+            seconds = queue_wait_s(run)
+            if seconds is not None:
+                waits.append(((run.queue,), seconds))
+        self.recorder.observe(self.queue_wait, waits)
 
     def recorded(self, ended: list[tuple[Run, str, float | None]], done: list[Run | None]) -> None:
         """Attempts whose ends committed: (the run as claimed, the change's query, the task's
         seconds) beside the run the change made (None: its guard refused it)."""
-        attempts, finished = [], []
+        attempts, durations, finished = [], [], []
         for (claimed, query, seconds), run in zip(ended, done, strict=True):
             outcome = OUTCOMES.get(query)
             if run is None or outcome is None:
                 continue
             if seconds is not None:
                 attempts.append(((claimed.queue, claimed.task, outcome), seconds))
-            if run.status.terminal:
-                finished.append(run)
-        observe_all(self.attempt_duration, attempts)
-        durations = ((run, _since(run.created_at, run.finished_at)) for run in finished)
-        observe_all(
-            self.run_duration,
-            (((r.queue, r.task, r.status.value), s) for r, s in durations if s is not None),
-        )
-        count_finished(self.runs_finished, finished)
+            if run.finished_at is not None:  # terminal: only those changes set it
+                status = run.status.value
+                took = max(0.0, (run.finished_at - run.created_at).total_seconds())
+                durations.append(((run.queue, run.task, status), took))
+                finished.append((run.queue, status))
+        self.recorder.observe(self.attempt_duration, attempts)
+        self.recorder.observe(self.run_duration, durations)
+        self.recorder.count(self.runs_finished, finished)
 
 
 class Published(Protocol):
@@ -197,7 +251,10 @@ class Published(Protocol):
 
 
 class RelayMetrics:
-    def __init__(self, registry: Registry) -> None:
+    """The relay's lag, held by a Recorder (start it, and stop it to write the rest)."""
+
+    def __init__(self, registry: Registry, period_s: float = FLUSH_S) -> None:
+        self.recorder = Recorder(period_s)
         self.relay_lag = Histogram(
             "runlane_relay_lag_seconds",
             "From an event's commit in Postgres to its XADD to the streams, by queue.",
@@ -208,9 +265,8 @@ class RelayMetrics:
 
     def published(self, events: Iterable[Published], now: float) -> None:
         """A batch just in Redis; `now` the epoch seconds when its XADDs returned."""
-        observe_all(
-            self.relay_lag, (((e.queue,), max(0.0, now - e.at.timestamp())) for e in events)
-        )
+        lags = [((e.queue,), max(0.0, now - e.at.timestamp())) for e in events]
+        self.recorder.observe(self.relay_lag, lags)
 
 
 class SchedulerMetrics:

@@ -124,16 +124,21 @@ def test_web_metrics_add_up_every_process_in_the_shared_folder(
     tail.thread.join(10)
     assert tail.types[-1] == "run.succeeded", tail.types
 
-    # The worker's own port, in the shared folder, shows the same sums (its values are on disk).
-    from_worker_port = scrape(f"http://127.0.0.1:{worker_port}/metrics")
-    assert value(
-        from_worker_port["runlane_queue_wait_seconds"], "runlane_queue_wait_seconds_count"
-    ) == value(scrape(url)["runlane_queue_wait_seconds"], "runlane_queue_wait_seconds_count")
+    # The worker's own port, in the shared folder, shows the same sums (its values are on disk,
+    # written once a second): progress, echo, both attempts of the retried run, the unrecoverable.
+    def waits(base: str) -> float:
+        found = scrape(f"{base}/metrics").get("runlane_queue_wait_seconds", [])
+        return value(found, "runlane_queue_wait_seconds_count", queue="default")
+
+    worker_base = f"http://127.0.0.1:{worker_port}"
+    wait_for(lambda: waits(stack.base) == 5, 10, 0.1, "the worker's metrics to be written")
+    assert waits(worker_base) == 5
 
     # A worker killed mid-attempt: the scheduler finds the stall once the lease (3 s) expires.
     sleeper = post_run(stack, {"task": "demo.sleep", "input": {"seconds": 30}})
     ids.add(sleeper["id"])
     wait_for(status_is(stack, sleeper["id"], "running"), 20, 0.05, "the sleeper to start")
+    wait_for(lambda: waits(stack.base) == 6, 10, 0.1, "the sleeper's wait to be written")
     stack.kill("worker")
     wait_for(
         lambda: value(

@@ -76,6 +76,8 @@ def test_a_worker_observes_attempts_and_finished_runs_by_bounded_labels() -> Non
          (claimed, "fail_attempt", 0.1), (claimed, "release_attempt", None)],
         [ended, retrying, None, retrying],
     )  # fmt: skip
+    assert _samples(registry) == {}, "held until the recorder writes them"
+    worker.recorder.flush()
     found = _samples(registry)
     assert found[("runlane_queue_wait_seconds_count", (("queue", "default"),))] == 1
     attempt = "runlane_attempt_duration_seconds_sum"
