@@ -75,8 +75,11 @@ def stream_number(entry_id: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
-# KEYS[1..n] = the run stream of each event, KEYS[n+1..] = the tenant streams
-# ARGV[1] = n, ARGV[2] = run stream MAXLEN, ARGV[3] = tenant stream MAXLEN, then two values per
+# KEYS[1..n] = the run stream of each event, KEYS[n+1..] = the tenant streams, then (if ARGV[4]
+# is "1") the epoch key
+# ARGV[1] = n, ARGV[2] = run stream MAXLEN, ARGV[3] = tenant stream MAXLEN, ARGV[4] = "1" to
+# write nothing and return -1 when the epoch key is gone (Redis lost its data: the relay must
+# put the older entries back first, as a stream takes no id below its top), then two values per
 # event: a header "seq tseq tenant-key-index type queue" (queue last: it may hold spaces) and the
 # event JSON. Events come in tseq order per tenant, which is also seq order per run.
 # Appends each event to its run stream (id seq-0) and tenant stream (id tseq-0, if tseq > 0),
@@ -85,6 +88,9 @@ def stream_number(entry_id: bytes | str) -> int:
 # arguments is what the relay spends most of its time on. Returns how many entries were new.
 PUBLISH_EVENTS = """
 local n = tonumber(ARGV[1])
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return -1
+end
 local added = 0
 local function append(key, maxlen, id, event, etype, queue)
   local reply = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id .. '-0',
@@ -98,8 +104,8 @@ local function append(key, maxlen, id, event, etype, queue)
   return 1
 end
 for i = 1, n do
-  local seq, tseq, t, etype, queue = string.match(ARGV[2 + 2 * i], '^(%d+) (%d+) (%d+) (%S+) (.*)$')
-  local event = ARGV[3 + 2 * i]
+  local seq, tseq, t, etype, queue = string.match(ARGV[3 + 2 * i], '^(%d+) (%d+) (%d+) (%S+) (.*)$')
+  local event = ARGV[4 + 2 * i]
   added = added + append(KEYS[i], ARGV[2], seq, event, etype, queue)
   if tseq ~= '0' then
     added = added + append(KEYS[n + tonumber(t)], ARGV[3], tseq, event, etype, queue)

@@ -8,6 +8,7 @@ repeats nothing on restart. Event rows are written once by their commit and numb
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from app import db, logs
 from app.config import Settings
@@ -42,7 +43,13 @@ ERROR_BACKOFF_SECONDS = 1.0
 REBUILD_RECENT_SECONDS = 3600
 REBUILD_PAGE = 5000
 
+PUBLISH_EVENTS_SHA = hashlib.sha1(PUBLISH_EVENTS.encode()).hexdigest()
+
 Conn = psycopg.Connection[Any]
+
+
+class EpochLost(Exception):
+    """Redis has lost its data (the epoch key is gone): nothing of the batch was written."""
 
 
 def main(settings: Settings) -> None:
@@ -111,9 +118,13 @@ class Relay:
             log.info("relay.active")
             with Marker(self.database_url) as marker:
                 while not stop.is_set():
-                    self.ensure_epoch(conn)
-                    if self.publish_batch(conn, marker) > 0:
-                        continue  # there may be more: wait only once the outbox is empty
+                    published = self.publish_batch(conn, marker)
+                    if published >= self.batch_limit:
+                        continue  # there may be more
+                    if published == 0:  # a publish checks the epoch itself; idle, look here
+                        self.ensure_epoch(conn)
+                    # Events committed after this batch was taken nudged after their commit,
+                    # so the wait returns at once for them: no second, empty take.
                     self.wait_for_nudge()
 
     def wait_for_nudge(self, timeout: float = FALLBACK_POLL_SECONDS) -> None:
@@ -130,7 +141,11 @@ class Relay:
         """Take, publish and mark one batch; with a marker, the marking overlaps the next batch."""
         events = take_batch(conn, self.batch_limit, skip=marker.pending if marker else [])
         if events:
-            publish(self.redis, self.keys, events, self.retention_s)
+            try:
+                publish(self.redis, self.keys, events, self.retention_s, guard=True)
+            except EpochLost:
+                self.ensure_epoch(conn)
+                publish(self.redis, self.keys, events, self.retention_s, guard=True)
             if self.metrics is not None:
                 self.metrics.published(events, time.time())
         if marker is not None:
@@ -232,25 +247,41 @@ def backlog(conn: Conn, run_id: str | None = None) -> int:
     return int(row["n"]) if row else 0
 
 
-def publish(redis: Redis, keys: Keys, events: list[Outgoing], retention_s: int) -> int:
-    """Append each event to its run and tenant streams: one script call, so one round trip;
-    events already there are skipped. Returns how many entries were new."""
+def publish(
+    redis: Redis, keys: Keys, events: list[Outgoing], retention_s: int, *, guard: bool = False
+) -> int:
+    """Append each event to its run and tenant streams: one script call, sent by SHA, so one
+    round trip; events already there are skipped. Returns how many entries were new. `guard`:
+    raise EpochLost, writing nothing, if Redis has lost its data since the epoch was set."""
     # tseq order per tenant is also seq order per run: tseqs are given in outbox id order
     ordered = sorted(events, key=lambda e: (e.tenant, e.tseq))
     tenants = {tenant: i for i, tenant in enumerate(dict.fromkeys(e.tenant for e in ordered), 1)}
-    args: list[Any] = [len(ordered), RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN]
+    args: list[Any] = [len(ordered), RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, int(guard)]
     for e in ordered:
         args.append(f"{e.seq} {e.tseq} {tenants[e.tenant]} {e.type} {e.queue}")
         args.append(e.event)
     stream_keys = [keys.run_stream(e.run_id) for e in ordered]
     stream_keys += [keys.tenant_stream(tenant) for tenant in tenants]
-    pipe = redis.pipeline(transaction=False)
-    redis.register_script(PUBLISH_EVENTS)(keys=stream_keys, args=args, client=pipe)
-    for run_id in {e.run_id for e in events if e.type in TERMINAL_EVENTS}:
-        pipe.expire(keys.run_stream(run_id), retention_s)
-    for tenant in tenants:
-        pipe.expire(keys.tenant_stream(tenant), retention_s)
-    return int(pipe.execute()[0])
+    if guard:
+        stream_keys.append(keys.epoch)
+    ended = {e.run_id for e in events if e.type in TERMINAL_EVENTS}
+    for loaded in (False, True):
+        pipe = redis.pipeline(transaction=False)
+        pipe.evalsha(PUBLISH_EVENTS_SHA, len(stream_keys), *stream_keys, *args)
+        for run_id in ended:
+            pipe.expire(keys.run_stream(run_id), retention_s)
+        for tenant in tenants:
+            pipe.expire(keys.tenant_stream(tenant), retention_s)
+        try:
+            added = int(pipe.execute()[0])
+            break
+        except NoScriptError:  # Redis forgot the script; the EXPIREs again are harmless
+            if loaded:
+                raise
+            redis.script_load(PUBLISH_EVENTS)
+    if added < 0:
+        raise EpochLost
+    return added
 
 
 def rebuild_streams(conn: Conn, redis: Redis, keys: Keys, retention_s: int) -> int:

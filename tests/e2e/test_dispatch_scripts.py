@@ -13,11 +13,13 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from app import dispatch
+from app import db, dispatch
 from app.redis_keys import Keys
 from tests.conftest import auth
 from tests.e2e.test_redis_restart import Restartable
 from tests.helpers import Stack
+from tests.tails import emit_progress, started_run, stream_seqs
+from workers import relay
 
 
 def listed(redis: Redis, keys: Keys, queue: str = "default", priority: int = 5) -> list[str]:
@@ -36,6 +38,23 @@ def test_an_enqueue_loads_the_script_redis_forgot(own_redis: Restartable) -> Non
 
     assert listed(redis, keys) == [first.id, second.id]
     assert Job.fetch(second.id, connection=redis).args == (second.id,)
+    redis.close()
+
+
+def test_the_relay_loads_the_publish_script_redis_forgot(
+    own_redis: Restartable, database_url: str
+) -> None:
+    redis, keys = Redis.from_url(own_redis.url), Keys(f"t{uuid.uuid4().hex[:8]}")
+    with db.connect(database_url) as conn:
+        first, second = started_run(conn), started_run(conn)
+        relay.publish(redis, keys, relay.take_batch(conn), 3600)
+        redis.script_flush()
+        emit_progress(conn, second, 1)
+
+        relay.publish(redis, keys, relay.take_batch(conn, skip=[]), 3600)
+
+    assert stream_seqs(redis, keys.run_stream(first.id)) == [1, 2]
+    assert stream_seqs(redis, keys.run_stream(second.id)) == [1, 2, 3]
     redis.close()
 
 

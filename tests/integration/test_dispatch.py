@@ -3,9 +3,11 @@ own enqueue_many writes (scripts/test-rq runs this against the oldest RQ support
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -124,3 +126,28 @@ def test_when_rq_writes_a_job_another_way_rq_enqueues_each_itself(
     assert queued_ids(redis, keys, "default", 5) == [r.id for r in runs]
     assert redis.exists(f"{keys.prefix}:extra")  # RQ's own enqueue ran
     assert Job.fetch(runs[1].id, connection=redis).args == (runs[1].id,)
+
+
+def test_a_template_recorded_earlier_stamps_each_job_with_its_own_enqueue_time(
+    redis: Redis, keys: Keys, jobs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = keys.rq_queue("default", 5)
+    recorded = dispatch._recorded(name)
+    assert recorded is not None and recorded is dispatch._recorded(name)  # once per process
+    assert {recorded.shared[i - 1] for i in recorded.stamps} == {"created_at", "enqueued_at"}
+    long_ago = list(recorded.shared)
+    for index in recorded.stamps:
+        long_ago[index] = "2000-01-01T00:00:00.000000Z"
+    monkeypatch.setattr(
+        dispatch, "_recorded", lambda _name: dataclasses.replace(recorded, shared=long_ago)
+    )
+    ours = run()
+    jobs.append(ours.id)
+    before = datetime.now(UTC).replace(tzinfo=None)
+
+    dispatch.enqueue(redis, keys, [ours])
+
+    job = Job.fetch(ours.id, connection=redis)
+    assert job.created_at is not None and job.enqueued_at is not None
+    assert job.created_at.replace(tzinfo=None) >= before.replace(microsecond=0)
+    assert job.enqueued_at.replace(tzinfo=None) >= before.replace(microsecond=0)

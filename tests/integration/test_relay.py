@@ -257,6 +257,33 @@ def test_redis_emptied_streams_are_rebuilt(conn, redis, keys, settings) -> None:
     assert stream_seqs(redis, keys.run_stream(live.id)) == [1, 2, 3, 4, 5]
 
 
+def test_a_batch_after_redis_lost_its_data_puts_the_older_entries_back_first(
+    conn, redis, keys, settings
+) -> None:
+    live = started_run(conn)
+    relay = make_relay(settings, redis, keys)
+    relay.publish_batch(conn)
+    assert stream_seqs(redis, keys.run_stream(live.id)) == [1, 2]
+    redis.delete(*redis.keys(f"{keys.prefix}:*"))  # emptied between two batches
+    emit_progress(conn, live, 1)
+
+    relay.publish_batch(conn)  # no ensure_epoch first: the publish itself finds the loss
+
+    assert redis.exists(keys.epoch)
+    assert stream_seqs(redis, keys.run_stream(live.id)) == [1, 2, 3]
+
+
+def test_a_guarded_publish_on_an_emptied_redis_writes_nothing(conn, redis, keys) -> None:
+    live = started_run(conn)
+    events = take_batch(conn)
+
+    with pytest.raises(relay_mod.EpochLost):
+        publish(redis, keys, events, 3600, guard=True)
+
+    assert not redis.exists(keys.run_stream(live.id))
+    assert publish(redis, keys, events, 3600) == 2 * len(events)  # unguarded: run + tenant
+
+
 def test_main_exits_on_sigterm_semantics(settings, redis, keys) -> None:
     """run() returns promptly once asked to stop, even while idle between polls."""
     stop = threading.Event()
