@@ -269,7 +269,11 @@ class Executor:
             return
         svc = self.services
         try:
-            self._reconnecting(lambda conn: flows.after_change(conn, svc.redis, svc.keys, ended))
+            cancelled = self._reconnecting(
+                lambda conn: flows.after_change(conn, svc.redis, svc.keys, ended)
+            )
+            if self.metrics is not None:
+                self.metrics.finished_elsewhere(cancelled)
         except psycopg.Error:
             log.exception("execute.settle_failed")
             self._reconnect_if_broken()

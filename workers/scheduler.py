@@ -120,7 +120,9 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.stalled(recovered)
         self.enqueue(recovered + released)
-        flows.after_change(conn, self.services.redis, self.keys, recovered)
+        cancelled = flows.after_change(conn, self.services.redis, self.keys, recovered)
+        if self.metrics is not None:
+            self.metrics.finished(cancelled)
 
     def release_held(self, conn: Conn) -> None:
         """Runs held back by a rate limit whose window has reopened."""
@@ -144,7 +146,10 @@ class Scheduler:
         a popped id, a flow's parent queued by a process that died before enqueueing it) are
         dispatched again; children left by a parent that ended early are cancelled (the
         process that ended it died before it could)."""
-        stopped = flows.settle(conn, None).stop
+        settled = flows.settle(conn, None)
+        if self.metrics is not None:
+            self.metrics.finished(settled.cancelled)
+        stopped = settled.stop
         if stopped:
             dispatch.request_stops(self.services.redis, self.keys, stopped)
         candidates = runs.queued_to_dispatch(conn, older_than_s=SWEEP_OLDER_THAN_S)

@@ -240,6 +240,10 @@ class WorkerMetrics:
         self.recorder.observe(self.run_duration, durations)
         self.recorder.count(self.runs_finished, finished)
 
+    def finished_elsewhere(self, runs: list[Run]) -> None:
+        """Runs ended by a change of another run (a flow's children cancelled with it)."""
+        self.recorder.count(self.runs_finished, [(r.queue, r.status.value) for r in runs])
+
 
 class Published(Protocol):
     """An event the relay sent (workers.relay.Outgoing)."""
@@ -288,7 +292,10 @@ class SchedulerMetrics:
     def stalled(self, recovered: list[Run]) -> None:
         for queue, count in CounterOf(run.queue for run in recovered).items():
             self.stalls_found.labels(queue).inc(count)
-        count_finished(self.runs_finished, recovered)  # a second stall fails the run
+        self.finished(recovered)  # a second stall fails the run
+
+    def finished(self, runs: list[Run]) -> None:
+        count_finished(self.runs_finished, runs)
 
     def redispatched(self, lost: list[Run]) -> None:
         for queue, count in CounterOf(run.queue for run in lost).items():

@@ -44,8 +44,8 @@ def cancel_runs() -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
         outcome = bulk.cancel(conn, tenant(), selection)
-        flows.after_change(conn, svc.redis, svc.keys, outcome.changed)  # parents' children
-    metrics().finished(outcome.changed)  # those cancelled now; the running end in their workers
+        children = flows.after_change(conn, svc.redis, svc.keys, outcome.changed)
+    metrics().finished([*outcome.changed, *children])  # the running end in their workers
     if outcome.stop:
         try:  # without the flags (Redis down) workers learn of it at their next heartbeat
             dispatch.request_stops(svc.redis, svc.keys, outcome.stop)

@@ -106,10 +106,14 @@ def test_web_metrics_add_up_every_process_in_the_shared_folder(
     # A delayed run cancelled: the web ends it and counts it.
     delayed = post_run(stack, {"task": "demo.echo", "delay_ms": 600_000})
     ids.add(delayed["id"])
-    cancel = requests.post(
-        f"{stack.base}/v1/runs/{delayed['id']}/cancel", headers=auth(), timeout=10
-    )
-    assert cancel.status_code == 200, cancel.text
+    # A flow's parent cancelled: its two queued children are cancelled with it, counted too.
+    children = [{"task": "demo.echo"}, {"task": "demo.echo"}]
+    parent = post_run(stack, {"task": "demo.collect", "children": children})
+    ids.add(parent["id"])
+    for run in (delayed, parent):
+        cancel_url = f"{stack.base}/v1/runs/{run['id']}/cancel"
+        cancel = requests.post(cancel_url, headers=auth(), timeout=10)
+        assert cancel.status_code == 200, cancel.text
 
     worker_port = free_port()
     stack.start("worker", {"RUNLANE_METRICS_PORT": str(worker_port)})
@@ -175,7 +179,8 @@ def test_web_metrics_add_up_every_process_in_the_shared_folder(
     total = "runlane_runs_finished_total"
     assert value(finished, total, queue="default", status="succeeded") == 3
     assert value(finished, total, queue="default", status="failed") == 1
-    assert value(finished, total, queue="default", status="cancelled") == 1  # by the web
+    # by the web: the delayed run, the parent and its two children
+    assert value(finished, total, queue="default", status="cancelled") == 4
     relay = families["runlane_relay_lag_seconds"]
     assert value(relay, "runlane_relay_lag_seconds_count", queue="default") >= 20
     assert value(relay, "runlane_relay_lag_seconds_bucket", queue="default", le="+Inf") >= 20
