@@ -47,6 +47,11 @@ class Settings:
     token_secret: str | None = field(default=None, repr=False)
     # Origins whose pages may call the API from a browser (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
+    # Prometheus: one folder that every process of a machine writes its values to, which the
+    # web's /metrics adds up (runlane dev sets it for its children); and the port a process
+    # other than the web serves its own /metrics on (the first free one from it upward).
+    metrics_dir: Path | None = None
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +82,8 @@ class Settings:
             access_log=bool(env.get("RUNLANE_ACCESS_LOG")),
             token_secret=env.get("RUNLANE_TOKEN_SECRET") or None,
             cors_origins=_origins(env.get("RUNLANE_CORS_ORIGINS")),
+            metrics_dir=_path(env.get("PROMETHEUS_MULTIPROC_DIR")),
+            metrics_port=_int(env, "RUNLANE_METRICS_PORT", 0, low=1, high=65535) or None,
         )
 
     def require_urls(self) -> tuple[str, str]:
@@ -155,6 +162,8 @@ def _origins(raw: str | None) -> tuple[str, ...]:
                 f"got {origin[:80]!r}"
             )
     return origins
+def _path(raw: str | None) -> Path | None:
+    return Path(raw).absolute() if raw else None
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:

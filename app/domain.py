@@ -194,6 +194,10 @@ class Run(Record):
     cascade_pending: bool = field(default=False, metadata=INTERNAL)
     # its first dispatch to a queue, for timings.queued_ms (migration 0011)
     first_dispatched_at: datetime | None = field(default=None, metadata=INTERNAL)
+    # its latest dispatch and its stalls, for the queue wait of an attempt after a stall
+    # (app.observability.metrics)
+    dispatched_at: datetime | None = field(default=None, metadata=INTERNAL)
+    stalls: int = field(default=0, metadata=INTERNAL)
 
     @property
     def budget_attempt(self) -> int:

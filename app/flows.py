@@ -68,6 +68,7 @@ class Batch:
 class Settled:
     enqueue: list[Run]  # queued runs of the flows that RQ does not hold yet: parents woken
     stop: list[Run]  # running children asked to stop: their attempts' cancel flags to set
+    cancelled: list[Run]  # children cancelled at once, their parent having ended (for metrics)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,7 @@ def settle(conn: Conn, roots: Sequence[str] | None) -> Settled:
     to stop), level by level; and the flows' queued runs RQ does not hold yet, to enqueue."""
     ids = None if roots is None else [uuid.UUID(r) for r in dict.fromkeys(roots)]
     stop: list[Run] = []
+    cancelled: list[Run] = []
     for _ in range(MAX_DEPTH + 1):  # each pass reaches one level further down
         with conn.transaction():
             parents = conn.execute(q("take_cascades"), {"roots": ids}).fetchall()
@@ -290,22 +292,24 @@ def settle(conn: Conn, roots: Sequence[str] | None) -> Settled:
             }
             changed = [Run.from_row(row) for row in conn.execute(q("cascade_cancel"), params)]
         stop += [run for run in changed if run.status is RunStatus.RUNNING]
+        cancelled += [run for run in changed if run.status is RunStatus.CANCELLED]
     enqueue: list[Run] = []
     if ids:
         enqueue = [Run.from_row(r) for r in conn.execute(q("dispatch_flow_runs"), {"roots": ids})]
-    return Settled(enqueue, stop)
+    return Settled(enqueue, stop, cancelled)
 
 
-def after_change(conn: Conn, redis: Redis, keys: Keys, changed: Sequence[Run | None]) -> None:
+def after_change(conn: Conn, redis: Redis, keys: Keys, changed: Sequence[Run | None]) -> list[Run]:
     """settle the flows of the runs just changed, if any is a flow's, and hand what it found to
     Redis: RQ gets the parents it queued, the running children it cancelled their stop flags.
-    With Redis away the scheduler's sweep enqueues, and workers see the cancels in Postgres."""
+    With Redis away the scheduler's sweep enqueues, and workers see the cancels in Postgres.
+    Returns the children it cancelled at once (their runs ended here, for the metrics)."""
     roots = [run.root_id for run in changed if run is not None and run.root_id is not None]
     if not roots:
-        return
+        return []
     settled = settle(conn, roots)
     if not settled.enqueue and not settled.stop:
-        return
+        return settled.cancelled
     try:
         with redis.pipeline(transaction=False) as pipe:
             dispatch.request_stops(pipe, keys, settled.stop)
@@ -313,6 +317,7 @@ def after_change(conn: Conn, redis: Redis, keys: Keys, changed: Sequence[Run | N
         dispatch.enqueue(redis, keys, settled.enqueue)
     except RedisError as exc:
         log.warning("flows.hand_over_failed", extra={"roots": len(roots), "error": str(exc)})
+    return settled.cancelled
 
 
 def retry(conn: Conn, tenant: str, run_id: str) -> tuple[Run, list[Run]]:

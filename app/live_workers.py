@@ -66,6 +66,15 @@ def live_workers(redis: Redis, keys: Keys, now: datetime | None = None) -> list[
     return [w for w in found if w is not None and w.last_heartbeat >= oldest]
 
 
+def per_queue(workers: list[LiveWorker]) -> dict[str, int]:
+    """How many of these workers serve each queue."""
+    counts: dict[str, int] = {}
+    for worker in workers:
+        for queue in worker.queues:
+            counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
 def running_by_worker(
     conn: psycopg.Connection[Any], tenant: str, workers: list[LiveWorker]
 ) -> dict[str, list[str]]:

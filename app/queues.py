@@ -105,3 +105,9 @@ def paused_queues(conn: Conn, tenant: str, queue: str | None = None) -> set[str]
     """The tenant's paused queues (`queue` alone, or all when it is None)."""
     rows = conn.execute(q("queue_pauses"), {"tenant": tenant, "queue": queue})
     return {row["queue"] for row in rows}
+
+
+def depths(conn: Conn) -> list[tuple[str, int, int]]:
+    """(queue, queued, runnable) over every tenant, for /metrics: see queues.sql queue_depths."""
+    rows = conn.execute(q("queue_depths")).fetchall()
+    return [(row["queue"], row["queued"], row["runnable"]) for row in rows]

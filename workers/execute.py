@@ -20,6 +20,7 @@ from app import attempts, dispatch, flows, runs
 from app.attempts import Change
 from app.config import Settings
 from app.domain import Run, RunStatus
+from app.observability.metrics import WorkerMetrics
 from app.services import REDIS_DOWN, Services
 from app.tasks import TaskDef, Unrecoverable
 from workers import backoff
@@ -42,6 +43,7 @@ class Outcome:
 
     run: Run
     change: Change
+    seconds: float | None = None  # how long the task ran, for its metrics (None: it did not)
 
 
 class Executor:
@@ -49,8 +51,15 @@ class Executor:
     worker's loop; calls tasks in whichever thread runs them (the loop's own at concurrency 1),
     their progress and log lines each on a pooled connection of its own."""
 
-    def __init__(self, services: Services, worker: str, delivery: Delivery | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        worker: str,
+        delivery: Delivery | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.services = services
+        self.metrics = metrics
         self.settings = services.settings
         self.worker = worker
         self.delivery = delivery or ThreadDelivery()  # how stops reach this worker's tasks
@@ -79,6 +88,8 @@ class Executor:
         if self._reconnects != reconnects:
             started += self._claimed_before_the_loss(claim_ids, started)
         claimed = [Attempt(run, self.delivery) for run in started]
+        if self.metrics is not None:
+            self.metrics.claimed(started)
         for attempt in claimed:
             self.in_hand[attempt.run.id] = attempt
         return claimed
@@ -123,6 +134,11 @@ class Executor:
             self.running.pop(attempt.run.id, None)
 
     def _call(self, attempt: Attempt, task: TaskDef) -> Outcome:
+        began = time.monotonic()
+        outcome = self._outcome(attempt, task)
+        return Outcome(outcome.run, outcome.change, time.monotonic() - began)
+
+    def _outcome(self, attempt: Attempt, task: TaskDef) -> Outcome:
         run = attempt.run
         ctx = AttemptContext(attempt, self.report, self._children(run))
         try:
@@ -218,16 +234,21 @@ class Executor:
         """Follow-ups: a change refused because cancel was requested meanwhile ends the run
         cancelled; runs queued again (immediate retry, hand-back) and held runs released by
         the slots that freed go back to Redis."""
-        cancels: list[Change] = []
+        cancels: list[Outcome] = []
         queued: list[Run] = list(released)
         for outcome, run in zip(outcomes, done, strict=True):
             self.in_hand.pop(outcome.run.id, None)
             if run is None and outcome.change.query != "cancel_running":
-                cancels.append(attempts.cancel_change(outcome.run))
+                cancels.append(
+                    Outcome(outcome.run, attempts.cancel_change(outcome.run), outcome.seconds)
+                )
             elif run is not None and run.status is RunStatus.QUEUED:
                 queued.append(run)
+        self._observe(outcomes, done)
         if cancels:
-            queued += self._group_commit(cancels)[1]
+            cancelled, more = self._group_commit([o.change for o in cancels])
+            self._observe(cancels, cancelled)
+            queued += more
         self._settle_flows([outcome.run for outcome in outcomes])
         self.requeued = len(queued)
         if queued:
@@ -236,6 +257,11 @@ class Executor:
             except REDIS_DOWN as exc:  # queued in Postgres: the scheduler's sweep dispatches them
                 log.warning("dispatch.failed", extra={"count": len(queued), "error": str(exc)})
 
+    def _observe(self, outcomes: list[Outcome], done: list[Run | None]) -> None:
+        if self.metrics is not None and outcomes:
+            ended = [(o.run, o.change.query, o.seconds) for o in outcomes]
+            self.metrics.recorded(ended, done)
+
     def _settle_flows(self, ended: list[Run]) -> None:
         """The parents these attempts' ends queued go to RQ, the children a failed parent
         leaves are cancelled (app.flows.settle); the scheduler does it if this fails."""
@@ -243,7 +269,11 @@ class Executor:
             return
         svc = self.services
         try:
-            self._reconnecting(lambda conn: flows.after_change(conn, svc.redis, svc.keys, ended))
+            cancelled = self._reconnecting(
+                lambda conn: flows.after_change(conn, svc.redis, svc.keys, ended)
+            )
+            if self.metrics is not None:
+                self.metrics.finished_elsewhere(cancelled)
         except psycopg.Error:
             log.exception("execute.settle_failed")
             self._reconnect_if_broken()

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
@@ -23,6 +24,8 @@ from redis.exceptions import NoScriptError, RedisError
 from app import db, logs
 from app.config import Settings
 from app.domain import TERMINAL_EVENTS
+from app.observability import metrics
+from app.observability.metrics import RelayMetrics
 from app.redis_keys import PUBLISH_EVENTS, RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, Keys
 
 log = logs.get("runlane.relay")
@@ -56,11 +59,21 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     redis = Redis.from_url(redis_url, health_check_interval=30)
-    relay = Relay(database_url, redis, Keys(settings.prefix), settings.run_retention_days * 86400)
+    registry = metrics.registry_for(settings)
+    server = metrics.serve(settings, registry)
+    observed = RelayMetrics(registry)
+    observed.recorder.start()
+    relay = Relay(
+        database_url, redis, Keys(settings.prefix), settings.run_retention_days * 86400,
+        metrics=observed,
+    )  # fmt: skip
     try:
         relay.run(stop)
     finally:
         redis.close()
+        observed.recorder.stop()
+        if server is not None:
+            server.close()
     log.info("relay.stopped")
 
 
@@ -73,8 +86,10 @@ class Relay:
         retention_s: int,
         *,
         batch_limit: int = BATCH_LIMIT,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.database_url = database_url
+        self.metrics = metrics
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s
@@ -131,6 +146,8 @@ class Relay:
             except EpochLost:
                 self.ensure_epoch(conn)
                 publish(self.redis, self.keys, events, self.retention_s, guard=True)
+            if self.metrics is not None:
+                self.metrics.published(events, time.time())
         if marker is not None:
             marker.wait()
             if events:
@@ -164,12 +181,13 @@ class Outgoing(NamedTuple):
     queue: str
     tseq: int
     event: str
+    at: datetime  # its commit (the row's clock_timestamp), for the relay's lag
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Outgoing:
         return cls(
             row["id"], str(row["run_id"]), row["seq"], row["type"], row["tenant"], row["queue"],
-            row["tseq"] or 0, row["event"],
+            row["tseq"] or 0, row["event"], row["at"],
         )  # fmt: skip
 
 

@@ -21,6 +21,8 @@ from app import attempts, dispatch, flows, limits, runs
 from app.config import Settings
 from app.db import q
 from app.domain import Run, RunStatus, rfc3339
+from app.observability import metrics
+from app.observability.metrics import SchedulerMetrics
 from app.runs import Conn, NewRun
 from app.schedules import next_fire_at
 from app.services import Services
@@ -40,19 +42,24 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     services = Services.build(settings, pool_size=2, name="runlane-scheduler")
-    scheduler = Scheduler(services)
+    registry = metrics.registry_for(settings)
+    server = metrics.serve(settings, registry)
+    scheduler = Scheduler(services, SchedulerMetrics(registry))
     log.info("scheduler.started")
     try:
         while not stop.is_set():
             stop.wait(scheduler.tick())
     finally:
         services.close()
+        if server is not None:
+            server.close()
         log.info("scheduler.stopped")
 
 
 class Scheduler:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, metrics: SchedulerMetrics | None = None) -> None:
         self.services = services
+        self.metrics = metrics
         self.keys = services.keys
         self._due: dict[str, float] = {}
 
@@ -110,8 +117,12 @@ class Scheduler:
         recovered, released = attempts.recover_stalled(conn)
         for run in recovered:
             log.warning("run.stalled", extra={"run_id": run.id, "status": run.status.value})
+        if self.metrics is not None:
+            self.metrics.stalled(recovered)
         self.enqueue(recovered + released)
-        flows.after_change(conn, self.services.redis, self.keys, recovered)
+        cancelled = flows.after_change(conn, self.services.redis, self.keys, recovered)
+        if self.metrics is not None:
+            self.metrics.finished(cancelled)
 
     def release_held(self, conn: Conn) -> None:
         """Runs held back by a rate limit whose window has reopened."""
@@ -124,6 +135,8 @@ class Scheduler:
             return
         lost = runs.queued_to_dispatch(conn, older_than_s=0, limit=100_000)
         self.enqueue(lost)
+        if self.metrics is not None:
+            self.metrics.redispatched(lost)
         runs.mark_dispatched(conn, [run.id for run in lost])
         redis.set(self.keys.dispatch_sentinel, rfc3339(datetime.now().astimezone()) or "")
         log.info("scheduler.redispatched_all", extra={"count": len(lost)})
@@ -133,7 +146,10 @@ class Scheduler:
         a popped id, a flow's parent queued by a process that died before enqueueing it) are
         dispatched again; children left by a parent that ended early are cancelled (the
         process that ended it died before it could)."""
-        stopped = flows.settle(conn, None).stop
+        settled = flows.settle(conn, None)
+        if self.metrics is not None:
+            self.metrics.finished(settled.cancelled)
+        stopped = settled.stop
         if stopped:
             dispatch.request_stops(self.services.redis, self.keys, stopped)
         candidates = runs.queued_to_dispatch(conn, older_than_s=SWEEP_OLDER_THAN_S)
@@ -144,6 +160,8 @@ class Scheduler:
             pipe.exists(f"rq:job:{run.id}")
         lost = [run for run, held in zip(candidates, pipe.execute(), strict=True) if not held]
         self.enqueue(lost)
+        if self.metrics is not None:
+            self.metrics.redispatched(lost)
         runs.mark_dispatched(conn, [run.id for run in candidates])
         if lost:
             log.info("scheduler.redispatched", extra={"count": len(lost)})

@@ -23,6 +23,7 @@ from rq.worker import DequeueStrategy, SimpleWorker
 from app import logs
 from app.config import Settings
 from app.live_workers import CONCURRENCY_FIELD, LIVENESS_S
+from app.observability import metrics
 from app.redis_keys import Keys
 from app.services import REDIS_DOWN, Services
 from workers.execute import Executor
@@ -84,7 +85,14 @@ class RunlaneWorker(SimpleWorker):
             services = Services.build(self.settings, pool_size=pool_size, name="runlane-worker")
             cleanup.callback(services.close)
             delivery = delivery_for(size)
-            executor = Executor(services, self.name, delivery)
+            registry = metrics.registry_for(self.settings)
+            server = metrics.serve(self.settings, registry)
+            if server is not None:
+                cleanup.callback(server.close)
+            observed = metrics.WorkerMetrics(registry)
+            observed.recorder.start()
+            cleanup.callback(observed.recorder.stop)
+            executor = Executor(services, self.name, delivery, observed)
             cleanup.callback(executor.close)
             self._install_signal_handlers_of(delivery)
             grace = self.settings.cancel_grace_seconds

@@ -10,7 +10,7 @@ from redis import RedisError
 
 from app import bulk, dispatch, flows, logs
 from app.web.auth import require_tenant, tenant
-from app.web.current import read_json, relay_nudged, services, validate
+from app.web.current import metrics, read_json, relay_nudged, services, validate
 from app.web.openapi import Reply, documented
 from app.web.responses import BulkOut
 from app.web.schemas import MAX_BULK_IDS, RunSelection
@@ -44,7 +44,8 @@ def cancel_runs() -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
         outcome = bulk.cancel(conn, tenant(), selection)
-        flows.after_change(conn, svc.redis, svc.keys, outcome.changed)  # parents' children
+        children = flows.after_change(conn, svc.redis, svc.keys, outcome.changed)
+    metrics().finished([*outcome.changed, *children])  # the running end in their workers
     if outcome.stop:
         try:  # without the flags (Redis down) workers learn of it at their next heartbeat
             dispatch.request_stops(svc.redis, svc.keys, outcome.stop)

@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["runlane.token_key"] = scoped.key_of(
         services.settings.token_secret, services.settings.api_tokens
     )
-    metrics = Metrics()
+    metrics = Metrics(services.settings.metrics_dir)
     app.extensions["runlane.metrics"] = metrics
     metrics.init_app(app)
     errors.register(app)

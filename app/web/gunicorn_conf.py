@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -58,9 +59,17 @@ proc_name = "runlane-web"
 control_socket_disable = True
 
 
+def _own_folder() -> Path:
+    return _settings.home / "metrics" / f"web-{os.getpid()}"
+
+
 def on_starting(server: Any) -> None:
-    """Give prometheus_client a fresh folder before any worker imports it (they inherit env)."""
-    folder = _settings.home / "metrics" / f"web-{os.getpid()}"
+    """Give prometheus_client a folder before any worker imports it (they inherit env): the one
+    the stack's processes share (`runlane dev`, PROMETHEUS_MULTIPROC_DIR), else a fresh one."""
+    if _settings.metrics_dir is not None:
+        _settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+        return
+    folder = _own_folder()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
@@ -73,6 +82,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
+    """The web's own folder goes with it; a shared one is its owner's (it outlives a restart)."""
+    if _settings.metrics_dir is None:
+        shutil.rmtree(_own_folder(), ignore_errors=True)

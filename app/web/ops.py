@@ -9,9 +9,10 @@ from flask import Blueprint, Response, current_app
 from psycopg_pool import PoolTimeout
 from redis import RedisError
 
-from app import db, limits, logs
+from app import db, limits, live_workers, logs, queues
 from app.web.current import metrics, services
 from app.web.errors import problem
+from app.web.metrics import Gauges
 from app.web.openapi import Reply, document, documented
 from app.web.responses import Health
 
@@ -60,13 +61,21 @@ def readyz() -> Any:
     storage=False,
 )
 def metrics_view() -> Response:
+    """Every process's metrics, and gauges read now: each source that cannot be read is left
+    out and the rest still answer."""
+    svc = services()
+    held = depths = workers = None
     try:
-        with services().pool.connection(timeout=1) as conn:
+        with svc.pool.connection(timeout=1) as conn:
             held = limits.held_counts(conn)
-    except (psycopg.Error, PoolTimeout) as exc:  # the process's own metrics still answer
-        log.warning("metrics.held_unavailable", extra={"error": str(exc)})
-        held = None
-    return metrics().exposition(held)
+            depths = queues.depths(conn)
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("metrics.postgres_unavailable", extra={"error": str(exc)})
+    try:
+        workers = live_workers.per_queue(live_workers.live_workers(svc.redis, svc.keys))
+    except RedisError as exc:
+        log.warning("metrics.redis_unavailable", extra={"error": str(exc)})
+    return metrics().exposition(Gauges(held, depths, workers))
 
 
 @bp.get("/openapi.json")

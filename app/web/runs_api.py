@@ -150,9 +150,11 @@ def cancel_run(run_id: str) -> dict[str, Any]:
     svc = services()
     with svc.pool.connection() as conn:
         run = runs.request_cancel(conn, tenant(), run_id)
-        flows.after_change(conn, svc.redis, svc.keys, [run])  # a parent's children cancelled
+        # a parent's children cancelled with it
+        children = flows.after_change(conn, svc.redis, svc.keys, [run])
         if run.children_total:  # its `children` summary, which the cancel's statement lacks
             run = runs.get_run(conn, tenant(), run_id)
+    metrics().finished([run, *children])  # a running one ends in its worker, counted there
     if run.status is RunStatus.RUNNING:
         # The worker polls this attempt's flag every few hundred ms (the run's next attempt,
         # after a retry, has a flag of its own); without it (Redis down) it still learns of the

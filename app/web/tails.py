@@ -19,8 +19,9 @@ from app import runs
 from app.domain import Run
 from app.web import streams
 from app.web.auth import identify, permit, request_token, scoped_queue
-from app.web.current import services
+from app.web.current import metrics, services
 from app.web.errors import ApiError, problem
+from app.web.metrics import Metrics
 from app.web.openapi import RUN_ID, documented, websocket_twin
 from app.web.responses import EventOut, TailMessage
 from app.web.schemas import RunTailQuery, TenantTailQuery
@@ -136,7 +137,7 @@ def run_tail(ws: Any, run_id: str) -> None:
     """WebSocket /v1/runs/{id}/tail?after=N: history, then live; close 1000 after the end (at
     once when the run had finished and N is at or past its last event)."""
     follower = _follow(g.tail_run, g.tail_after)
-    if _send_all(ws, follower, lambda entry: entry.event):
+    if _send_all(ws, follower, lambda entry: entry.event, metrics()):
         ws.close(1000, "run finished")
 
 
@@ -157,7 +158,7 @@ def tenant_tail(ws: Any) -> None:
         services().pool, hub(), g.tail_tenant,
         after=g.tail_cursor, top=g.tail_top, queue=g.tail_queue,
     )  # fmt: skip
-    _send_all(ws, follower, _tenant_message)
+    _send_all(ws, follower, _tenant_message, metrics())
 
 
 def _tenant_message(entry: Entry) -> str:
@@ -166,7 +167,7 @@ def _tenant_message(entry: Entry) -> str:
     return f'{{"cursor": "{entry.number}", "event": {entry.event}}}'
 
 
-def _send_all(ws: Any, follower: streams.Follower, render: Any) -> bool:
+def _send_all(ws: Any, follower: streams.Follower, render: Any, sent: Metrics) -> bool:
     """Sends what the follower yields while the client is there; True if the follower ended."""
     items = iter(follower)
     try:
@@ -175,6 +176,7 @@ def _send_all(ws: Any, follower: streams.Follower, render: Any) -> bool:
                 return False
             if entry is not None:
                 ws.send(render(entry))
+                sent.sent(entry, follower.start)
     finally:
         items.close()  # type: ignore[attr-defined]
     return True
@@ -213,13 +215,13 @@ def sse_response(run: Run, after: int) -> Response:
     if run.status.terminal and after >= run.last_seq:
         return Response(status=204)
     return Response(
-        _sse(_follow(run, after)),
+        _sse(_follow(run, after), metrics()),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-def _sse(follower: streams.Follower) -> Iterator[str]:
+def _sse(follower: streams.Follower, sent: Metrics) -> Iterator[str]:
     yield "retry: 1000\n\n"
     idle = 0.0
     for entry in follower:
@@ -231,3 +233,4 @@ def _sse(follower: streams.Follower) -> Iterator[str]:
             continue
         idle = 0.0
         yield f"id: {entry.number}\nevent: {entry.type}\ndata: {entry.event}\n\n"
+        sent.sent(entry, follower.start)  # the server wrote it before asking for the next

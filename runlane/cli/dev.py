@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,7 +103,8 @@ def _serve(settings: Settings, procfile: dict[str, str], servers: Any, *, worker
         if release.returncode != 0:
             print(f"runlane dev: release failed (rc={release.returncode})", file=sys.stderr)
             return release.returncode
-        return _run_stack(settings, procfile, env, workers=workers)
+        with _metrics_folder(settings):
+            return _run_stack(settings, procfile, env, workers=workers)
     except Stopped as stop:
         return stop.returncode
     finally:
@@ -120,7 +122,29 @@ def _stack_env(settings: Settings, redis_url: str, database_url: str) -> dict[st
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "PYTHONUNBUFFERED": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(_metrics_dir(settings)),
     }
+
+
+def _metrics_dir(settings: Settings) -> Path:
+    """The folder every process of the stack writes its metrics to, which the web's /metrics
+    adds up: PROMETHEUS_MULTIPROC_DIR if given, else one of this stack's own."""
+    return settings.metrics_dir or settings.home / "metrics" / f"stack-{os.getpid()}"
+
+
+@contextmanager
+def _metrics_folder(settings: Settings) -> Iterator[Path]:
+    """A stack's own folder starts empty (values of an earlier stack would be added in) and goes
+    with the stack; one given by PROMETHEUS_MULTIPROC_DIR is left as it is."""
+    folder = _metrics_dir(settings)
+    if settings.metrics_dir is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if settings.metrics_dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _procfile() -> dict[str, str]:
@@ -162,6 +186,14 @@ def _announce_when_up(settings: Settings, supervisor: Supervisor) -> None:
     supervisor.say(f"try: {curl}")
 
 
+def forget_live_gauges(folder: str) -> Callable[[int], None]:
+    """What the supervisor does with each process that ended: its live gauges leave the sums of
+    the shared folder (its counters and histograms stay counted)."""
+    from prometheus_client import multiprocess
+
+    return lambda pid: multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+
+
 def _run_stack(
     settings: Settings, procfile: dict[str, str], env: dict[str, str], *, workers: int
 ) -> int:
@@ -170,7 +202,9 @@ def _run_stack(
     from honcho.environ import expand_processes
     from honcho.printer import Printer
 
-    supervisor = Supervisor(Printer(sys.stdout))
+    supervisor = Supervisor(
+        Printer(sys.stdout), on_death=forget_live_gauges(env["PROMETHEUS_MULTIPROC_DIR"])
+    )
     processes = {name: procfile[name] for name in STACK}
     for proc in expand_processes(processes, concurrency={"worker": workers}):
         # exec: the signal reaches the program itself and its exit code is the one reported.

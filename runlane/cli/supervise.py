@@ -68,8 +68,10 @@ class Supervisor:
         delays: tuple[float, ...] = RESTART_DELAYS_S,
         loop_window_s: float = LOOP_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
+        on_death: Callable[[int], None] | None = None,
     ) -> None:
         self.printer = printer
+        self.on_death = on_death  # given the pid of each process that ended
         self.delays = delays
         self.loop_window_s = loop_window_s
         self.clock = clock
@@ -139,6 +141,8 @@ class Supervisor:
 
     def _died(self, child: Child, returncode: int) -> None:
         pid, child.pid = child.pid, None
+        if pid is not None and self.on_death is not None:
+            self.on_death(pid)
         if self._stopping_since is not None:
             return
         now = self.clock()

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import dev_token
 from runlane.embedded import free_port
@@ -78,6 +79,10 @@ def test_dev_stack_runs_a_run_and_stops_without_leftovers(
         done = wait_for(lambda: finished(base, token, run["id"]), 60, 0.1, "the run to finish")
         assert done["status"] == "succeeded", done
         assert done["result"] == {"hello": ["world", 1]}
+        # every process writes to the stack's one metrics folder: the web's /metrics has all
+        wait_for(
+            lambda: worker_and_relay_metrics(base), 10, 0.1, "the worker's and relay's metrics"
+        )
 
         if stop == "sigterm":
             dev.send_signal(signal.SIGTERM)
@@ -94,6 +99,21 @@ def test_dev_stack_runs_a_run_and_stops_without_leftovers(
     wait_for(lambda: not any(alive(p) for p in stack), 20, 0.1, "the stack's processes to exit")
     leftovers = stack_processes(home, port)
     assert leftovers == [], [p.cmdline() for p in leftovers]
+    assert not list((home / "metrics").glob("stack-*")), "the stack's metrics folder is left"
+
+
+def worker_and_relay_metrics(base: str) -> bool:
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    samples = {
+        (s.name, s.labels.get("queue"), s.labels.get("status")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return (
+        samples.get(("runlane_queue_wait_seconds_count", "default", None)) == 1
+        and samples.get(("runlane_runs_finished_total", "default", "succeeded")) == 1
+        and samples.get(("runlane_relay_lag_seconds_count", "default", None), 0) >= 3
+    )
 
 
 def ready(base: str, dev: subprocess.Popen[bytes]) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from app import db
@@ -16,6 +17,7 @@ from app.services import Services
 from app.web import create_app
 from runlane.embedded import free_port
 from tests.conftest import auth
+from tests.integration.api import BETA, submit
 
 ALPHA = auth("tok-alpha")
 
@@ -187,3 +189,27 @@ def test_no_malformed_input_gets_a_5xx(
                         )
                         assert response.status_code < 500, (method, path, query, body)
     assert not [r for r in caplog.records if r.getMessage() == "http.unexpected_error"]
+
+
+def test_metrics_gauges_sum_queues_over_tenants_and_count_cancels(client: FlaskClient) -> None:
+    for headers in (ALPHA, BETA):
+        submit(client, headers, queue="mail")
+    submit(client, ALPHA, queue="reports")
+    assert client.post("/v1/queues/mail/pause", headers=BETA).status_code == 200
+    delayed = submit(client, ALPHA, delay_ms=600_000)
+    assert client.post(f"/v1/runs/{delayed['id']}/cancel", headers=ALPHA).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    queued = {k[1]: v for k, v in found.items() if k[0] == "runlane_runs_queued"}
+    runnable = {k[1]: v for k, v in found.items() if k[0] == "runlane_runs_runnable"}
+    workers = {k[1]: v for k, v in found.items() if k[0] == "runlane_workers_live"}
+    assert queued == {(("queue", "mail"),): 2, (("queue", "reports"),): 1}
+    assert runnable == {(("queue", "mail"),): 1, (("queue", "reports"),): 1}  # beta's paused
+    assert workers == {(("queue", "mail"),): 0, (("queue", "reports"),): 0}
+    cancelled = ("runlane_runs_finished_total", (("queue", "default"), ("status", "cancelled")))
+    assert found[cancelled] == 1
+    assert "alpha" not in text and "beta" not in text  # no tenant anywhere

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from honcho.printer import Printer
 
+from runlane.cli.dev import forget_live_gauges
 from runlane.cli.supervise import Supervisor, describe_exit
 from tests.helpers import wait_for
 
@@ -55,3 +56,22 @@ def test_a_killed_process_is_restarted_and_named(tmp_path: Path) -> None:
     sup.stop("test over", 143)
     thread.join(15)
     assert result == [143]
+
+
+def test_a_dead_process_leaves_its_live_gauges_but_not_its_counts(tmp_path: Path) -> None:
+    """runlane dev's supervisor, on the stack's shared metrics folder."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    sup = supervisor(io.StringIO(), delays=(60,), on_death=forget_live_gauges(str(folder)))
+    sup.add("worker", "exec sleep 60", dict(os.environ), str(tmp_path))
+    thread = threading.Thread(target=sup.loop, daemon=True)
+    thread.start()
+    pid = wait_for(lambda: sup.children["worker"].pid, 10, message="the start")
+    files = [folder / f"{kind}_{pid}.db" for kind in ("gauge_livesum", "counter", "histogram")]
+    for path in files:
+        path.write_bytes(b"")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not files[0].exists(), 10, message="the live gauge's file to go")
+    assert files[1].exists() and files[2].exists()
+    sup.stop("test over", 143)
+    thread.join(15)

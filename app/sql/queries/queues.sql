@@ -49,3 +49,15 @@ ON CONFLICT (tenant, queue) DO NOTHING;
 
 -- name: resume_queue
 DELETE FROM queue_pauses WHERE tenant = %(tenant)s AND queue = %(queue)s;
+
+-- name: queue_depths
+-- Queued runs per queue over every tenant, for /metrics: all of them, and those a worker could
+-- start now (no queue limit holds them back, their queue is not paused for their tenant).
+SELECT queue, count(*) AS queued,
+       count(*) FILTER (WHERE (held IS NULL OR held = 'released')
+                          AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                          WHERE p.tenant = runs.tenant AND p.queue = runs.queue))
+           AS runnable
+FROM runs
+WHERE status = 'queued'
+GROUP BY queue;

@@ -13,7 +13,7 @@
 -- two tables would have the planner scan every event ever written.
 WITH pending AS (
     SELECT e.* FROM tenant_streams ts CROSS JOIN LATERAL (
-        SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
+        SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq, e.at,
                runlane_event_json(e) AS event
         FROM run_events e
         WHERE e.tenant = ts.tenant AND e.tseq > ts.published_tseq AND e.tseq <= ts.last_tseq
@@ -45,7 +45,7 @@ WITH pending AS (
     UPDATE run_events e SET tseq = b.last_tseq - c.total + f.n
     FROM fresh f JOIN counts c USING (tenant) JOIN bumped b USING (tenant)
     WHERE e.id = f.id
-    RETURNING e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
+    RETURNING e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq, e.at,
               runlane_event_json(e) AS event
 )
 SELECT * FROM numbered
@@ -76,7 +76,7 @@ WHERE (e.tseq IS NULL OR e.tseq > ts.published_tseq)
 -- name: relay_recent_events
 -- After Redis lost its data: the numbered events of runs that are live or ended recently, in
 -- pages by id, to put back into their streams (those not sent yet go too: sending is idempotent).
-SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq,
+SELECT e.id, e.run_id, e.seq, e.type, e.tenant, e.queue, e.tseq, e.at,
        runlane_event_json(e) AS event
 FROM run_events e JOIN runs r ON r.id = e.run_id
 WHERE e.tseq IS NOT NULL AND e.id > %(after_id)s
