@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_TASK_MODULES = ("app.demo",)
 DEV_TENANT = "dev"
+TRACES_EXPORTERS = ("otlp", "console", "none")
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,18 @@ class Settings:
     web_concurrency: int = 2
     web_threads: int = 64
     access_log: bool = False
+    # OpenTelemetry tracing (app.observability.tracing): off unless one of these is set. The
+    # SDK reads its other OTEL_* variables (headers, sampler, batch delays) itself.
+    otel_endpoint: str | None = None
+    otel_traces_exporter: str | None = None
+
+    @property
+    def tracing(self) -> bool:
+        """Whether this stack's processes export traces: an endpoint or an exporter named, and
+        not OTEL_TRACES_EXPORTER=none."""
+        if self.otel_traces_exporter is not None:
+            return self.otel_traces_exporter != "none"
+        return self.otel_endpoint is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +84,8 @@ class Settings:
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, low=1, high=64),
             web_threads=_int(env, "RUNLANE_WEB_THREADS", 64, low=1, high=10_000),
             access_log=bool(env.get("RUNLANE_ACCESS_LOG")),
+            otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            otel_traces_exporter=_exporter(env.get("OTEL_TRACES_EXPORTER")),
         )
 
     def require_urls(self) -> tuple[str, str]:
@@ -135,6 +150,17 @@ def dev_token(home: Path) -> str:
     finally:
         tmp.unlink()
     return path.read_text().strip()
+
+
+def _exporter(raw: str | None) -> str | None:
+    """OTEL_TRACES_EXPORTER: `otlp` (OTLP over HTTP), `console` or `none`."""
+    value = (raw or "").strip().lower()
+    if not value:
+        return None
+    if value not in TRACES_EXPORTERS:
+        allowed = ", ".join(TRACES_EXPORTERS)
+        raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {allowed}, got {raw!r}")
+    return value
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:

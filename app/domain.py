@@ -194,6 +194,8 @@ class Run(Record):
     cascade_pending: bool = field(default=False, metadata=INTERNAL)
     # its first dispatch to a queue, for timings.queued_ms (migration 0011)
     first_dispatched_at: datetime | None = field(default=None, metadata=INTERNAL)
+    # the W3C traceparent of its submit (migration 0014), kept out of the contract's run object
+    traceparent: str | None = field(default=None, metadata=INTERNAL)
 
     @property
     def budget_attempt(self) -> int:

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from app import db, logs
 from app.config import Settings
 from app.domain import TERMINAL_EVENTS
+from app.observability import tracing
 from app.redis_keys import PUBLISH_EVENTS, RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, Keys
 
 log = logs.get("runlane.relay")
@@ -50,10 +51,12 @@ def main(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     redis = Redis.from_url(redis_url, health_check_interval=30)
     relay = Relay(database_url, redis, Keys(settings.prefix), settings.run_retention_days * 86400)
+    tracing.setup(settings, "runlane-relay")
     try:
         relay.run(stop)
     finally:
         redis.close()
+        tracing.shutdown()
     log.info("relay.stopped")
 
 
@@ -114,7 +117,9 @@ class Relay:
     def publish_batch(self, conn: Conn, marker: Marker | None = None) -> int:
         """Take, publish and mark one batch; with a marker, the marking overlaps the next batch."""
         events = take_batch(conn, self.batch_limit, skip=marker.pending if marker else [])
-        if events:
+        if events and tracing.enabled():
+            publish_traced(conn, self.redis, self.keys, events, self.retention_s)
+        elif events:
             publish(self.redis, self.keys, events, self.retention_s)
         if marker is not None:
             marker.wait()
@@ -233,6 +238,28 @@ def publish(redis: Redis, keys: Keys, events: list[Outgoing], retention_s: int) 
     for tenant in tenants:
         pipe.expire(keys.tenant_stream(tenant), retention_s)
     return int(pipe.execute()[0])
+
+
+def publish_traced(
+    conn: Conn, redis: Redis, keys: Keys, events: list[Outgoing], retention_s: int
+) -> int:
+    """publish, in a span linked to the trace of each run it publishes for (a batch holds
+    many runs' events, so it belongs to none of their traces)."""
+    from opentelemetry.trace import SpanKind
+
+    run_ids = list({uuid.UUID(e.run_id) for e in events})
+    rows = conn.execute(db.q("relay_traceparents"), {"ids": run_ids}).fetchall()
+    links = [
+        link
+        for row in rows
+        if (link := tracing.link_to(row["traceparent"], **{"runlane.run_id": str(row["id"])}))
+    ]
+    attributes = {"runlane.events": len(events), "runlane.runs": len(run_ids)}
+    name, kind = "runlane.relay.publish", SpanKind.PRODUCER
+    with tracing.tracer().start_as_current_span(
+        name, kind=kind, links=links, attributes=attributes
+    ):
+        return publish(redis, keys, events, retention_s)
 
 
 def rebuild_streams(conn: Conn, redis: Redis, keys: Keys, retention_s: int) -> int:

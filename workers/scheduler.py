@@ -21,6 +21,7 @@ from app import attempts, dispatch, flows, limits, runs
 from app.config import Settings
 from app.db import q
 from app.domain import Run, RunStatus, rfc3339
+from app.observability import tracing
 from app.runs import Conn, NewRun
 from app.schedules import next_fire_at
 from app.services import Services
@@ -40,6 +41,7 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     services = Services.build(settings, pool_size=2, name="runlane-scheduler")
+    tracing.setup(settings, "runlane-scheduler")
     scheduler = Scheduler(services)
     log.info("scheduler.started")
     try:
@@ -47,6 +49,7 @@ def main(settings: Settings) -> None:
             stop.wait(scheduler.tick())
     finally:
         services.close()
+        tracing.shutdown()
         log.info("scheduler.stopped")
 
 

@@ -29,7 +29,7 @@ from app.web.current import (
 )
 from app.web.errors import ApiError
 from app.web.fields import EPOCH
-from app.web.new_runs import flow_of, size
+from app.web.new_runs import flow_of, size, submitted_traceparent
 from app.web.openapi import (
     CREATED,
     DEDUPLICATED,
@@ -66,7 +66,7 @@ def submit_run() -> Response:
     body = read_json()
     spec = validate(RunCreate, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    flow = flow_of(spec, key, fp)
+    flow = flow_of(spec, key, fp, traceparent=submitted_traceparent())
     ports = Ports.of(services(), idempotency_store(), shown, flow if flow.children else None)
     with _refusing_held_keys():
         result = submit(ports, flow.run)
@@ -89,7 +89,11 @@ def submit_batch() -> Response:
     body = read_json()
     spec = validate(RunBatch, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    items = [flow_of(item, None, None, where=f"runs[{i}].") for i, item in enumerate(spec.runs)]
+    trace = submitted_traceparent()
+    items = [
+        flow_of(item, None, None, where=f"runs[{i}].", traceparent=trace)
+        for i, item in enumerate(spec.runs)
+    ]
     if sum(size(item) for item in items) > flows.MAX_RUNS:
         raise errors.bad_fields([("runs", f"a request makes at most {flows.MAX_RUNS} runs")])
     batch = BatchRequest(tenant(), items, key, fp)
