@@ -38,6 +38,7 @@ from app.web.openapi import (
     IDEMPOTENCY_KEY,
     LAST_EVENT_ID,
     RUN_ID,
+    Param,
     Reply,
     documented,
 )
@@ -51,12 +52,19 @@ log = logs.get("runlane.web")
 bp = Blueprint("runs", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)
 
+TRACEPARENT = Param(
+    "traceparent",
+    {"type": "string"},
+    "W3C Trace Context: the runs' attempts join this trace (see Tracing in the README); a "
+    "malformed value is ignored",
+)
+
 
 @bp.post("/runs")
 @documented(
     "Submit a run",
     body=RunCreate,
-    headers=[IDEMPOTENCY_KEY],
+    headers=[IDEMPOTENCY_KEY, TRACEPARENT],
     responses={201: CREATED, 200: DEDUPLICATED, 409: None},
 )
 def submit_run() -> Response:
@@ -79,7 +87,7 @@ def submit_run() -> Response:
 @documented(
     "Submit a batch of runs, all or none",
     body=RunBatch,
-    headers=[IDEMPOTENCY_KEY],
+    headers=[IDEMPOTENCY_KEY, TRACEPARENT],
     responses={201: Reply("The runs, in the order of the items", RunBatchOut), 409: None},
     description="A broken item makes the whole request 422, naming it (`runs[3].priority`). "
     "An item whose dedupe key a live run holds is answered by that run.",
