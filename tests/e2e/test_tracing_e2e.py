@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from tests.conftest import auth
 from tests.e2e.api import status_is
 from tests.helpers import Stack, wait_for
+from tests.tails import Tail, assert_complete
 
 pytestmark = pytest.mark.e2e
 
@@ -156,3 +157,7 @@ def test_one_trace_from_the_post_through_the_worker_to_the_tasks_span(
     assert own["attributes"] == {"tests.input": "e2e"}
     assert publish["trace_id"] != TRACE_ID  # a batch of many runs' events: linked, not a child
     assert (TRACE_ID, {"runlane.run_id": run["id"]}) in publish["links"]
+    # the instrumented web still serves a WebSocket tail (history, then the close)
+    tail = Tail(stack.base, run["id"]).start()
+    assert_complete(tail.wait_terminal(15))
+    assert tail.close_codes == [1000]
