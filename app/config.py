@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_TASK_MODULES = ("app.demo",)
 DEV_TENANT = "dev"
+TRACES_EXPORTERS = ("otlp", "console", "none")
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,18 @@ class Settings:
     # other than the web serves its own /metrics on (the first free one from it upward).
     metrics_dir: Path | None = None
     metrics_port: int | None = None
+    # OpenTelemetry tracing (app.observability.tracing): off unless one of these is set. The
+    # SDK reads its other OTEL_* variables (headers, sampler, batch delays) itself.
+    otel_endpoint: str | None = None
+    otel_traces_exporter: str | None = None
+
+    @property
+    def tracing(self) -> bool:
+        """Whether this stack's processes export traces: an endpoint or an exporter named, and
+        not OTEL_TRACES_EXPORTER=none."""
+        if self.otel_traces_exporter is not None:
+            return self.otel_traces_exporter != "none"
+        return self.otel_endpoint is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +97,8 @@ class Settings:
             cors_origins=_origins(env.get("RUNLANE_CORS_ORIGINS")),
             metrics_dir=_path(env.get("PROMETHEUS_MULTIPROC_DIR")),
             metrics_port=_int(env, "RUNLANE_METRICS_PORT", 0, low=1, high=65535) or None,
+            otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            otel_traces_exporter=_exporter(env.get("OTEL_TRACES_EXPORTER")),
         )
 
     def require_urls(self) -> tuple[str, str]:
@@ -162,8 +177,21 @@ def _origins(raw: str | None) -> tuple[str, ...]:
                 f"got {origin[:80]!r}"
             )
     return origins
+
+
 def _path(raw: str | None) -> Path | None:
     return Path(raw).absolute() if raw else None
+
+
+def _exporter(raw: str | None) -> str | None:
+    """OTEL_TRACES_EXPORTER: `otlp` (OTLP over HTTP), `console` or `none`."""
+    value = (raw or "").strip().lower()
+    if not value:
+        return None
+    if value not in TRACES_EXPORTERS:
+        allowed = ", ".join(TRACES_EXPORTERS)
+        raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {allowed}, got {raw!r}")
+    return value
 
 
 def _csv(raw: str | None) -> tuple[str, ...]:

@@ -198,6 +198,8 @@ class Run(Record):
     # (app.observability.metrics)
     dispatched_at: datetime | None = field(default=None, metadata=INTERNAL)
     stalls: int = field(default=0, metadata=INTERNAL)
+    # the W3C traceparent of its submit (migration 0014), kept out of the contract's run object
+    traceparent: str | None = field(default=None, metadata=INTERNAL)
 
     @property
     def budget_attempt(self) -> int:

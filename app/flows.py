@@ -222,7 +222,9 @@ def _insert(conn: Conn, tenant: str, planned: list[_Planned]) -> list[Run]:
     if not planned:
         return []
     rows = [_row(place, run) for place, run in enumerate(planned, 1)]
-    params = {"tenant": tenant, "runs": request_jsonb(rows)}
+    # a request's runs share its traceparent (app.web.new_runs gives each the same)
+    traceparent = planned[0].node.run.traceparent
+    params = {"tenant": tenant, "runs": request_jsonb(rows), "traceparent": traceparent}
     made = conn.execute(q("insert_runs"), params).fetchall()
     by_id = {run.id: _with_children(run) for run in map(Run.from_row, made)}
     return [found for run in planned if (found := by_id.get(str(run.id))) is not None]

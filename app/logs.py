@@ -3,10 +3,13 @@ never reach a log line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -14,6 +17,11 @@ SECRET_PARAMS = frozenset({"token"})  # browsers pass tail tokens in the query s
 REDACTED = "[redacted]"
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+# The trace a line belongs to: bound around an attempt (its run's trace, tracing on or off), else
+# asked of OpenTelemetry's current span while tracing is on (app.observability.tracing sets it).
+_trace_id: ContextVar[str | None] = ContextVar("runlane_trace_id", default=None)
+_trace_source: Callable[[], str | None] | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,6 +34,10 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        if "trace_id" not in entry:
+            trace_id = _trace_id.get() or (_trace_source() if _trace_source else None)
+            if trace_id:
+                entry["trace_id"] = trace_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -38,6 +50,22 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+@contextlib.contextmanager
+def trace_id_bound(trace_id: str | None) -> Iterator[None]:
+    """Log lines of this thread (and context) carry `trace_id` meanwhile."""
+    token = _trace_id.set(trace_id)
+    try:
+        yield
+    finally:
+        _trace_id.reset(token)
+
+
+def trace_ids_from(source: Callable[[], str | None] | None) -> None:
+    """Where lines outside a bound trace find theirs (the current span's; None: nowhere)."""
+    global _trace_source
+    _trace_source = source
 
 
 def redact_url(url: str) -> str:

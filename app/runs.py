@@ -50,6 +50,9 @@ class NewRun:
     delayed: bool = False
     dedupe: Dedupe | None = None  # see app.dedupe
     limit_key: str | None = None  # what its queue's per-key limits count by (contract §5.1)
+    # the W3C traceparent its attempts' spans continue (app.observability.tracing); one per
+    # request, so a flow's or a batch's runs all carry the same
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def create_run(conn: Conn, new: NewRun, *, run_id: uuid.UUID | None = None) -> t
             "request_fingerprint": new.request_fingerprint,
             "dedupe_key": new.dedupe.key if new.dedupe else None,
             "limit_key": new.limit_key,
+            "traceparent": new.traceparent,
             "scheduled_for": new.scheduled_for,
         },
     ).fetchone()

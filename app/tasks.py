@@ -24,6 +24,9 @@ class Context(Protocol):
     # a flow parent's children, in the order given (contract §5.4): {id, task, status, result,
     # error}; empty for a run without children
     children: list[dict[str, Any]]
+    # the run's trace (32 hex digits): its submit's traceparent, or the attempt's span while
+    # tracing is on; None when there is none
+    trace_id: str | None
 
     def progress(self, percent: float, message: str = "") -> None: ...
 

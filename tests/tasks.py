@@ -47,3 +47,18 @@ def blocked(ctx: Context, input: Any) -> dict[str, Any]:
     """One long C call (time.sleep of `seconds`): at concurrency 1 a signal still ends it early."""
     time.sleep(float(input.get("seconds", 30)))
     return {"blocked": True}
+
+
+@task("tests.traced")
+def traced(ctx: Context, input: Any) -> dict[str, Any]:
+    """Opens a span of its own (when `span` is asked for), as a task using OpenTelemetry does,
+    and logs a line; returns the trace id its context gave it."""
+    import logging
+
+    logging.getLogger("tests.traced").warning("traced.working")
+    if input and input.get("span"):
+        from opentelemetry import trace
+
+        with trace.get_tracer("tests.tasks").start_as_current_span("tests.traced.work") as span:
+            span.set_attribute("tests.input", str(input.get("tag", "")))
+    return {"trace_id": ctx.trace_id}

@@ -159,7 +159,11 @@ class AttemptContext:
     """The context a task gets (app.tasks.Context)."""
 
     def __init__(
-        self, attempt: Attempt, report: Report, children: list[dict[str, Any]] | None = None
+        self,
+        attempt: Attempt,
+        report: Report,
+        children: list[dict[str, Any]] | None = None,
+        trace_id: str | None = None,
     ) -> None:
         self._attempt = attempt
         self._report = report  # writes a run.progress / run.log event; returns cancel requested
@@ -167,6 +171,7 @@ class AttemptContext:
         self.attempt = attempt.run.attempt
         # a flow parent's children, in the order given: {id, task, status, result, error}
         self.children = children or []
+        self.trace_id = trace_id  # the run's trace, if it has one (app.tasks.Context)
 
     def progress(self, percent: float, message: str = "") -> None:
         percent = min(100.0, max(0.0, float(percent)))

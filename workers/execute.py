@@ -7,6 +7,7 @@ commit: one WAL flush for many state changes), each change still guarded and wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -16,15 +17,17 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from app import attempts, dispatch, flows, runs
+from app import attempts, dispatch, flows, logs, runs
 from app.attempts import Change
 from app.config import Settings
 from app.domain import Run, RunStatus
+from app.observability import tracing
 from app.observability.metrics import WorkerMetrics
 from app.services import REDIS_DOWN, Services
 from app.tasks import TaskDef, Unrecoverable
 from workers import backoff
 from workers.context import Attempt, AttemptContext
+from workers.spans import AttemptSpans
 from workers.stopping import (
     AttemptCancelled,
     AttemptTimedOut,
@@ -72,6 +75,8 @@ class Executor:
         # runs the last commit queued again (immediate retries, held runs it released), which
         # the loop may pop at once
         self.requeued = 0
+        # the attempts' spans; None while tracing is off, so the hot path checks one attribute
+        self.spans = AttemptSpans(worker) if tracing.enabled() else None
 
     def close(self) -> None:
         self.services.pool.putconn(self.conn)
@@ -82,11 +87,17 @@ class Executor:
         changes = [o.change for o in outcomes]
         changes += [attempts.claim_change(i, worker=self.worker, lease_s=lease) for i in claim_ids]
         reconnects = self._reconnects
+        spans = self.spans
+        began = time.time_ns() if spans else 0
         done, released = self._group_commit(changes)
+        if spans:
+            spans.committed(changes[: len(outcomes)], done[: len(outcomes)], began, time.time_ns())
         self._after(outcomes, done[: len(outcomes)], released)
         started = [run for run in done[len(outcomes) :] if run is not None]
         if self._reconnects != reconnects:
             started += self._claimed_before_the_loss(claim_ids, started)
+        if spans:
+            spans.claimed(started, began, time.time_ns())
         claimed = [Attempt(run, self.delivery) for run in started]
         if self.metrics is not None:
             self.metrics.claimed(started)
@@ -140,7 +151,21 @@ class Executor:
 
     def _outcome(self, attempt: Attempt, task: TaskDef) -> Outcome:
         run = attempt.run
-        ctx = AttemptContext(attempt, self.report, self._children(run))
+        if self.spans is None and run.traceparent is None:  # no trace: nothing to bind
+            return self._called(attempt, task, None)
+        if self.spans is None:
+            trace: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext(
+                tracing.trace_id_of(run.traceparent)
+            )
+        else:
+            trace = self.spans.running(run)
+        with trace as trace_id, logs.trace_id_bound(trace_id):
+            return self._called(attempt, task, trace_id)
+
+    def _called(self, attempt: Attempt, task: TaskDef, trace_id: str | None) -> Outcome:
+        """The task called with its context (its run's trace id) and its outcome."""
+        run = attempt.run
+        ctx = AttemptContext(attempt, self.report, self._children(run), trace_id)
         try:
             with attempt.running_task():
                 result = task.fn(ctx, run.input)

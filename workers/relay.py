@@ -8,6 +8,7 @@ repeats nothing on restart. Event rows are written once by their commit and numb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import signal
 import threading
@@ -24,7 +25,7 @@ from redis.exceptions import NoScriptError, RedisError
 from app import db, logs
 from app.config import Settings
 from app.domain import TERMINAL_EVENTS
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.observability.metrics import RelayMetrics
 from app.redis_keys import PUBLISH_EVENTS, RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, Keys
 
@@ -67,6 +68,7 @@ def main(settings: Settings) -> None:
         database_url, redis, Keys(settings.prefix), settings.run_retention_days * 86400,
         metrics=observed,
     )  # fmt: skip
+    tracing.setup(settings, "runlane-relay")
     try:
         relay.run(stop)
     finally:
@@ -74,6 +76,7 @@ def main(settings: Settings) -> None:
         observed.recorder.stop()
         if server is not None:
             server.close()
+        tracing.shutdown()
     log.info("relay.stopped")
 
 
@@ -141,11 +144,12 @@ class Relay:
         """Take, publish and mark one batch; with a marker, the marking overlaps the next batch."""
         events = take_batch(conn, self.batch_limit, skip=marker.pending if marker else [])
         if events:
+            send = functools.partial(publish_traced, conn) if tracing.enabled() else publish
             try:
-                publish(self.redis, self.keys, events, self.retention_s, guard=True)
+                send(self.redis, self.keys, events, self.retention_s, guard=True)
             except EpochLost:
                 self.ensure_epoch(conn)
-                publish(self.redis, self.keys, events, self.retention_s, guard=True)
+                send(self.redis, self.keys, events, self.retention_s, guard=True)
             if self.metrics is not None:
                 self.metrics.published(events, time.time())
         if marker is not None:
@@ -282,6 +286,34 @@ def publish(
     if added < 0:
         raise EpochLost
     return added
+
+
+def publish_traced(
+    conn: Conn,
+    redis: Redis,
+    keys: Keys,
+    events: list[Outgoing],
+    retention_s: int,
+    *,
+    guard: bool = False,
+) -> int:
+    """publish, in a span linked to the trace of each run it publishes for (a batch holds
+    many runs' events, so it belongs to none of their traces)."""
+    from opentelemetry.trace import SpanKind
+
+    run_ids = list({uuid.UUID(e.run_id) for e in events})
+    rows = conn.execute(db.q("relay_traceparents"), {"ids": run_ids}).fetchall()
+    links = [
+        link
+        for row in rows
+        if (link := tracing.link_to(row["traceparent"], **{"runlane.run_id": str(row["id"])}))
+    ]
+    attributes = {"runlane.events": len(events), "runlane.runs": len(run_ids)}
+    name, kind = "runlane.relay.publish", SpanKind.PRODUCER
+    with tracing.tracer().start_as_current_span(
+        name, kind=kind, links=links, attributes=attributes
+    ):
+        return publish(redis, keys, events, retention_s, guard=guard)
 
 
 def rebuild_streams(conn: Conn, redis: Redis, keys: Keys, retention_s: int) -> int:

@@ -21,7 +21,7 @@ from app import attempts, dispatch, flows, limits, runs
 from app.config import Settings
 from app.db import q
 from app.domain import Run, RunStatus, rfc3339
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.observability.metrics import SchedulerMetrics
 from app.runs import Conn, NewRun
 from app.schedules import next_fire_at
@@ -42,6 +42,7 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     services = Services.build(settings, pool_size=2, name="runlane-scheduler")
+    tracing.setup(settings, "runlane-scheduler")
     registry = metrics.registry_for(settings)
     server = metrics.serve(settings, registry)
     scheduler = Scheduler(services, SchedulerMetrics(registry))
@@ -53,6 +54,7 @@ def main(settings: Settings) -> None:
         services.close()
         if server is not None:
             server.close()
+        tracing.shutdown()
         log.info("scheduler.stopped")
 
 

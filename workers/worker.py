@@ -23,7 +23,7 @@ from rq.worker import DequeueStrategy, SimpleWorker
 from app import logs
 from app.config import Settings
 from app.live_workers import CONCURRENCY_FIELD, LIVENESS_S
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.redis_keys import Keys
 from app.services import REDIS_DOWN, Services
 from workers.execute import Executor
@@ -80,6 +80,9 @@ class RunlaneWorker(SimpleWorker):
     def _work(self, burst: bool, max_jobs: int | None, max_idle_time: int | None) -> int:
         size = self.settings.worker_concurrency
         with contextlib.ExitStack() as cleanup:
+            # here, not at import: `rq worker-pool` forks its workers before they get to work
+            if tracing.setup(self.settings, "runlane-worker"):
+                cleanup.callback(tracing.shutdown)
             # beside the loop's connection and the monitor's: tasks' progress and log lines
             pool_size = 2 + min(size, 10)
             services = Services.build(self.settings, pool_size=pool_size, name="runlane-worker")

@@ -48,6 +48,8 @@ CREATE TABLE runs (
     cascade_pending     boolean NOT NULL DEFAULT false,
     -- the first dispatch to a queue (migration 0011; dispatched_at is the latest): timings
     first_dispatched_at timestamptz,
+    -- the W3C traceparent of the submit (migration 0014): its attempts' spans join that trace
+    traceparent         text,
     CONSTRAINT runs_status_check CHECK (
         status IN ('waiting', 'queued', 'delayed', 'running', 'succeeded', 'failed', 'cancelled')),
     CONSTRAINT runs_priority_check CHECK (priority BETWEEN 1 AND 10),

@@ -9,6 +9,7 @@ from werkzeug.routing import BaseConverter
 
 from app import logs
 from app.config import Settings
+from app.observability import tracing
 from app.services import Services
 from app.timings import TaskDurations
 from app.waiting import ServedQueues
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.register_blueprint(blueprint)
     tails.init_app(app)
     app.after_request(_nudge_relay)
+    if tracing.enabled():  # set up by gunicorn's post_fork, in this worker process
+        tracing.instrument_flask(app)
     _allow_origins(app, services.settings.cors_origins)
     return app
 

@@ -15,6 +15,7 @@ from gunicorn.glogging import Logger
 
 from app.config import Settings
 from app.logs import REDACTED, redact_url
+from app.observability import tracing
 
 _settings = Settings.from_env()
 
@@ -73,6 +74,16 @@ def on_starting(server: Any) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Each worker process its own tracer provider: the exporter's thread and connection
+    cannot cross the fork, so the arbiter never makes one."""
+    tracing.setup(_settings, "runlane-web")
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    tracing.shutdown()  # export the spans still batched
 
 
 def child_exit(server: Any, worker: Any) -> None:

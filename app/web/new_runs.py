@@ -8,7 +8,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import request
+
 from app import flows, runs
+from app.observability import tracing
 from app.tasks import TaskDef
 from app.web import errors
 from app.web.auth import tenant
@@ -16,14 +19,31 @@ from app.web.current import services
 from app.web.schemas import RunCreate
 
 
-def flow_of(spec: RunCreate, key: str | None, fp: str | None, *, where: str = "") -> flows.Node:
-    """The run to make and its children: 422 naming the field when the tree has too many runs
-    (one too deep the schema refuses: app.web.schemas makes one model per level)."""
-    node = _node(spec, key, fp)
+def flow_of(
+    spec: RunCreate,
+    key: str | None,
+    fp: str | None,
+    *,
+    where: str = "",
+    traceparent: str | None = None,
+) -> flows.Node:
+    """The run to make and its children (each with the request's `traceparent`): 422 naming
+    the field when the tree has too many runs (one too deep the schema refuses:
+    app.web.schemas makes one model per level)."""
+    node = _node(spec, key, fp, traceparent)
     if size(node) > flows.MAX_RUNS:
         field = f"{where}children" if where else "children"
         raise errors.bad_fields([(field, f"a request makes at most {flows.MAX_RUNS} runs")])
     return node
+
+
+def submitted_traceparent() -> str | None:
+    """The trace a submit's runs join: with tracing on, the web's own span for the request (a
+    child of its traceparent header when that is valid); off, the header itself if valid. A
+    malformed header is ignored, as W3C Trace Context says."""
+    if tracing.enabled():
+        return tracing.current_traceparent()
+    return tracing.parse_traceparent(request.headers.get("traceparent"))
 
 
 def size(node: flows.Node) -> int:
@@ -37,13 +57,15 @@ def _children(spec: RunCreate) -> list[RunCreate]:
     return getattr(spec, "children", None) or []
 
 
-def _node(spec: RunCreate, key: str | None, fp: str | None) -> flows.Node:
-    children = tuple(_node(child, None, None) for child in _children(spec))
+def _node(spec: RunCreate, key: str | None, fp: str | None, trace: str | None) -> flows.Node:
+    children = tuple(_node(child, None, None, trace) for child in _children(spec))
     policy = getattr(spec, "on_child_failure", None) or "fail"
-    return flows.Node(new_run(spec, key, fp), children, policy)
+    return flows.Node(new_run(spec, key, fp, trace), children, policy)
 
 
-def new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
+def new_run(
+    spec: RunCreate, key: str | None, fp: str | None, traceparent: str | None = None
+) -> runs.NewRun:
     """The run to insert: the request's fields, else the task's defaults, else the contract's."""
     task = services().registry.tasks[spec.task]
     limit_key = spec.limit_key or _derived(task.limit_key_of, spec.input)
@@ -65,6 +87,7 @@ def new_run(spec: RunCreate, key: str | None, fp: str | None) -> runs.NewRun:
         request_fingerprint=fp,
         dedupe=dedupe,
         limit_key=limit_key,
+        traceparent=traceparent,
     )
 
 

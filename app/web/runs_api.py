@@ -29,7 +29,7 @@ from app.web.current import (
 )
 from app.web.errors import ApiError
 from app.web.fields import EPOCH
-from app.web.new_runs import flow_of, size
+from app.web.new_runs import flow_of, size, submitted_traceparent
 from app.web.openapi import (
     CREATED,
     DEDUPLICATED,
@@ -38,6 +38,7 @@ from app.web.openapi import (
     IDEMPOTENCY_KEY,
     LAST_EVENT_ID,
     RUN_ID,
+    Param,
     Reply,
     documented,
 )
@@ -51,12 +52,19 @@ log = logs.get("runlane.web")
 bp = Blueprint("runs", __name__, url_prefix="/v1")
 bp.before_request(require_tenant)
 
+TRACEPARENT = Param(
+    "traceparent",
+    {"type": "string"},
+    "W3C Trace Context: the runs' attempts join this trace (see Tracing in the README); a "
+    "malformed value is ignored",
+)
+
 
 @bp.post("/runs")
 @documented(
     "Submit a run",
     body=RunCreate,
-    headers=[IDEMPOTENCY_KEY],
+    headers=[IDEMPOTENCY_KEY, TRACEPARENT],
     responses={201: CREATED, 200: DEDUPLICATED, 409: None},
 )
 def submit_run() -> Response:
@@ -66,7 +74,7 @@ def submit_run() -> Response:
     body = read_json()
     spec = validate(RunCreate, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    flow = flow_of(spec, key, fp)
+    flow = flow_of(spec, key, fp, traceparent=submitted_traceparent())
     ports = Ports.of(services(), idempotency_store(), shown, flow if flow.children else None)
     with _refusing_held_keys():
         result = submit(ports, flow.run)
@@ -79,7 +87,7 @@ def submit_run() -> Response:
 @documented(
     "Submit a batch of runs, all or none",
     body=RunBatch,
-    headers=[IDEMPOTENCY_KEY],
+    headers=[IDEMPOTENCY_KEY, TRACEPARENT],
     responses={201: Reply("The runs, in the order of the items", RunBatchOut), 409: None},
     description="A broken item makes the whole request 422, naming it (`runs[3].priority`). "
     "An item whose dedupe key a live run holds is answered by that run.",
@@ -89,7 +97,11 @@ def submit_batch() -> Response:
     body = read_json()
     spec = validate(RunBatch, body, registry=services().registry)
     fp = idempotency.fingerprint(request.method, request.path, body) if key else None
-    items = [flow_of(item, None, None, where=f"runs[{i}].") for i, item in enumerate(spec.runs)]
+    trace = submitted_traceparent()
+    items = [
+        flow_of(item, None, None, where=f"runs[{i}].", traceparent=trace)
+        for i, item in enumerate(spec.runs)
+    ]
     if sum(size(item) for item in items) > flows.MAX_RUNS:
         raise errors.bad_fields([("runs", f"a request makes at most {flows.MAX_RUNS} runs")])
     batch = BatchRequest(tenant(), items, key, fp)

@@ -7,15 +7,16 @@
 -- microsecond, so the runs keep the order given (FIFO within a priority, newest-first lists).
 -- Only a flow's root carries an Idempotency-Key: a conflict leaves it out of the rows returned.
 -- (A JSON null in a row reads as SQL NULL: the input null is put back as the JSON null.)
+-- Every run of one request shares its traceparent: one parameter, not a field of each row.
 INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
                   priority, metadata, idempotency_key, request_fingerprint, dedupe_key,
                   limit_key, parent_id, root_id, child_index, on_child_failure, children_total,
-                  children_pending, created_at, scheduled_for, dispatched_at,
+                  children_pending, traceparent, created_at, scheduled_for, dispatched_at,
                   first_dispatched_at, last_seq)
 SELECT n.id, %(tenant)s, n.task, n.queue, n.status, COALESCE(n.input, 'null'), n.max_attempts, n.backoff,
        n.timeout_s, n.priority, n.metadata, n.idempotency_key, n.request_fingerprint,
        n.dedupe_key, n.limit_key, n.parent_id, n.root_id, n.child_index, n.on_child_failure,
-       n.children_total, n.children_total,
+       n.children_total, n.children_total, %(traceparent)s,
        now() + make_interval(secs => (n.place - 1) / 1e6),
        COALESCE(n.scheduled_for, now() + make_interval(secs => (n.place - 1) / 1e6)),
        CASE WHEN n.status = 'queued' THEN now() END,

@@ -97,3 +97,8 @@ SELECT COALESCE((SELECT last_tseq FROM tenant_streams WHERE tenant = %(tenant)s)
 -- name: relay_try_lock
 -- Held for the life of the relay's session: exactly one relay publishes, standbys keep asking.
 SELECT pg_try_advisory_lock(%(key)s) AS locked;
+
+-- name: relay_traceparents
+-- Tracing on: the traces of the runs a published batch holds events of, for the span's links.
+SELECT id, traceparent FROM runs
+WHERE id = ANY(%(ids)s::uuid[]) AND traceparent IS NOT NULL;

@@ -6,11 +6,11 @@
 -- created_at and an immediate run's scheduled_for are the same instant
 INSERT INTO runs (id, tenant, task, queue, status, input, max_attempts, backoff, timeout_s,
                   priority, metadata, idempotency_key, request_fingerprint, dedupe_key,
-                  limit_key, created_at, scheduled_for, dispatched_at, first_dispatched_at,
-                  last_seq)
+                  limit_key, traceparent, created_at, scheduled_for, dispatched_at,
+                  first_dispatched_at, last_seq)
 VALUES (%(id)s, %(tenant)s, %(task)s, %(queue)s, %(status)s, %(input)s, %(max_attempts)s,
         %(backoff)s, %(timeout_s)s, %(priority)s, %(metadata)s, %(idempotency_key)s,
-        %(request_fingerprint)s, %(dedupe_key)s, %(limit_key)s, now(),
+        %(request_fingerprint)s, %(dedupe_key)s, %(limit_key)s, %(traceparent)s, now(),
         COALESCE(%(scheduled_for)s, now()),
         CASE WHEN %(status)s = 'queued' THEN now() END,
         CASE WHEN %(status)s = 'queued' THEN now() END, 1)
