@@ -229,6 +229,14 @@ class Client:
     def tasks(self) -> dict[str, Any]:
         return self._call("GET", "/v1/tasks")
 
+    def scoped_token(
+        self, *, runs: builtins.list[str] | None = None, queue: str | None = None, ttl_s: int = 3600
+    ) -> dict[str, Any]:
+        """POST /v1/tokens: a read-only token for a browser, for `runs` or every run of `queue`,
+        good for `ttl_s` seconds: {"token", "expires_at"}."""
+        scope: dict[str, Any] = {"runs": runs} if runs is not None else {"queue": queue}
+        return self._call("POST", "/v1/tokens", {**scope, "ttl_s": ttl_s})
+
     def workers(self) -> dict[str, Any]:
         return self._call("GET", "/v1/workers")
 
