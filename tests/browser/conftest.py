@@ -20,6 +20,7 @@ from redis import Redis
 
 from app.config import Settings
 from runlane.client import Client
+from runlane.embedded import free_port
 from tests.browser.page import Page
 from tests.conftest import TOKENS, scratch_database, stack_env
 from tests.helpers import Stack
@@ -66,8 +67,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 @pytest.fixture(scope="module")
+def site_port() -> int:
+    """The port of the module's user site (user_site): its origin is the one CORS allows."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def ui_stack(
-    servers: tuple[str, str], template_db: str, tmp_path_factory: pytest.TempPathFactory
+    servers: tuple[str, str],
+    template_db: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    site_port: int,
 ) -> Iterator[Stack]:
     """The whole stack, shared by one module's tests (each test uses runs of its own)."""
     home = tmp_path_factory.mktemp("ui-stack")
@@ -86,7 +96,8 @@ def ui_stack(
         )
         logdir = home / "logs"
         logdir.mkdir()
-        stack = Stack(stack_env(settings), logdir)
+        env = {**stack_env(settings), "RUNLANE_CORS_ORIGINS": f"http://127.0.0.1:{site_port}"}
+        stack = Stack(env, logdir)
         try:
             yield stack.start_all()
         finally:
@@ -130,9 +141,10 @@ def page(browser: Page) -> Iterator[Page]:
 
 
 @pytest.fixture
-def user_site(browser: Page) -> Iterator[dict[str, bytes]]:
-    """A site of another origin (another port), as a user's own page that embeds runlane.js:
-    put a page's HTML under its path in the dict the fixture yields."""
+def user_site(browser: Page, site_port: int) -> Iterator[dict[str, bytes]]:
+    """A site of another origin (another port), as a user's own page that embeds runlane.js
+    and calls the API (the stack allows its origin): put a page's HTML under its path in the
+    dict the fixture yields."""
     pages: dict[str, bytes] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -146,7 +158,7 @@ def user_site(browser: Page) -> Iterator[dict[str, bytes]]:
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", site_port), Handler)
     thread = threading.Thread(target=server.serve_forever, name="user-site", daemon=True)
     thread.start()
     origin = f"127.0.0.1:{server.server_port}"

@@ -182,24 +182,38 @@ def test_the_progress_card_embeds_in_a_page_of_another_origin(
     page: Page, api: Client, user_site: dict[str, bytes]
 ) -> None:
     run = api.submit("demo.progress", {"steps": 5, "interval_ms": 100})
-    user_site["/export"] = EMBED.format(base=page.base, run_id=run["id"]).encode()
+    other = api.submit("demo.echo")
+    token = api.scoped_token(runs=[run["id"]], ttl_s=600)["token"]  # what the README advises
+    page.expect_console("403")  # the page's try at another run: refused, as it must be
+    user_site["/export"] = EMBED.format(
+        base=page.base, run_id=run["id"], token=token, other_id=other["id"]
+    ).encode()
     page.driver.get(user_site["origin"].decode() + "/export")
     card = page.wait(lambda d: d.find_element("css selector", "runlane-run").shadow_root)
     page.wait(lambda _: card.find_element("css selector", ".status").text == "✓ succeeded")
     bar = card.find_element("css selector", '[role="progressbar"]')
     assert bar.get_attribute("aria-valuenow") == "100"
     assert page.js("return window.seqs") == list(range(1, api.get(run["id"])["last_seq"] + 1))
+    # CORS: the page's own fetch of the run with the token, and of a run outside its scope
+    page.wait(lambda _: page.js("return window.fetched.length") == 2)
+    assert page.js("return window.fetched") == [[200, run["id"]], [403, None]]
     page.screenshot("embed")
 
 
 # The README's example, as a user's own page would hold it.
 EMBED = """<!doctype html><meta charset="utf-8"><title>My app</title><link rel="icon" href="data:,">
 <h1>Export</h1>
-<runlane-run run-id="{run_id}" token="tok-alpha"></runlane-run>
+<runlane-run run-id="{run_id}" token="{token}"></runlane-run>
 <script type="module">
   import {{ tailRun }} from "{base}/ui/runlane.js";
   window.seqs = [];
-  tailRun("{run_id}", {{ token: "tok-alpha", onEvent: (e) => window.seqs.push(e.seq) }});
+  tailRun("{run_id}", {{ token: "{token}", onEvent: (e) => window.seqs.push(e.seq) }});
+  window.fetched = [];
+  for (const id of ["{run_id}", "{other_id}"]) {{
+    const headers = {{ Authorization: "Bearer {token}" }};
+    const answer = await fetch(`{base}/v1/runs/${{id}}`, {{ headers }});
+    window.fetched.push([answer.status, answer.ok ? (await answer.json()).id : null]);
+  }}
 </script>"""
 
 

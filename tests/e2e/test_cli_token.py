@@ -47,6 +47,7 @@ def test_no_token_reaches_a_log_line(stack_factory: Any) -> None:
         requests.get(events, params={"token": scoped[:-3] + "xyz"}, timeout=10),
     ]  # fmt: skip
     assert [r.status_code for r in used] == [200, 401, 403, 401]
+
     def logs() -> str:  # every line of every process, the access log among them
         return "\n".join(p.read_text(errors="replace") for p in stack.logdir.glob("*.log"))
 
