@@ -39,6 +39,11 @@ class Keys:
         return f"{self.prefix}:relay:nudge"
 
     @property
+    def ready_probe(self) -> str:
+        """Written (expiring) by /readyz: Redis must take writes, not only answer."""
+        return f"{self.prefix}:ready-probe"
+
+    @property
     def epoch(self) -> str:
         """Written by the relay; gone means Redis lost its data and streams need rebuilding."""
         return f"{self.prefix}:epoch"

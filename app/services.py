@@ -10,6 +10,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -17,8 +18,26 @@ from app import db, dispatch, tasks
 from app.config import Settings
 from app.redis_keys import Keys
 
-# Redis unreachable (restarting, failing over), as opposed to a command it refused.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# Redis unreachable (restarting, failing over), as opposed to a command it refused. A READONLY
+# refusal is one too: the server is a replica now (an old primary after a failover).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+# What a server that turned replica answers besides READONLY: a blocked pop it let go, and a
+# script's write refused (redis-py raises both as plain ResponseErrors).
+_NO_PRIMARY = ("UNBLOCKED", "READONLY", "You can't write against a read only replica")
+
+
+def redis_outage(exc: BaseException) -> bool:
+    """Whether `exc` means Redis is away or is no primary now (wait and try again), rather
+    than a command it refused for good."""
+    if isinstance(exc, REDIS_DOWN):
+        return True
+    return isinstance(exc, ResponseError) and any(sign in str(exc) for sign in _NO_PRIMARY)
+
+
+def primary_lost(exc: BaseException) -> bool:
+    """Whether the connections now lead to a replica: drop them, so the next connect finds the
+    primary behind the address (a connection error has dropped its connection already)."""
+    return redis_outage(exc) and not isinstance(exc, (RedisConnectionError, RedisTimeoutError))
 
 
 @dataclass
@@ -60,4 +79,7 @@ def connect_redis(url: str) -> Redis:
         socket_connect_timeout=2,
         socket_timeout=10,
         retry=Retry(NoBackoff(), 1),
+        # a READONLY answer closes the connection (then one retry on a new one), so the next
+        # connect finds the current primary behind the address instead of the old one
+        retry_on_error=[ReadOnlyError],
     )

@@ -18,12 +18,13 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from redis.exceptions import RedisError
 from rq.job import Job
 from rq.worker import BaseWorker, WorkerStatus
 
 from app import logs
 from app.redis_keys import POP_RUN_IDS
-from app.services import REDIS_DOWN
+from app.services import REDIS_DOWN, primary_lost, redis_outage
 from workers.context import Attempt
 from workers.execute import Executor, Outcome
 from workers.stopping import Shutdown
@@ -171,7 +172,9 @@ class WorkLoop:
         job_prefix = Job.redis_job_namespace_prefix
         try:
             popped = self.redis.eval(POP_RUN_IDS, len(keys), *keys, count, job_prefix, *already)
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not redis_outage(exc):
+                raise
             # ids already popped are ours to claim: Postgres alone decides whether they run
             self._redis_unavailable(exc, wait=not already)
             return list(already)
@@ -186,7 +189,9 @@ class WorkLoop:
             self._blocked = True
         try:
             got = self.redis.blpop([self.wake_key, *self.worker.queue_keys()], IDLE_WAIT_S)
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not redis_outage(exc):
+                raise
             self._redis_unavailable(exc)
             return []
         finally:
@@ -206,6 +211,8 @@ class WorkLoop:
         """Redis is away (restart, failover): keep going and try again in a moment. Attempts in
         hand are still recorded in Postgres; the scheduler dispatches again what Redis lost."""
         self._redis_outage.down(exc)
+        if primary_lost(exc):  # an old primary: connect afresh to the address
+            self.redis.connection_pool.disconnect()
         if wait and not self.shutdown.requested:
             time.sleep(IDLE_WAIT_S)
 

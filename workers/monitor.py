@@ -13,9 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from app import attempts
 from app.logs import Outage
-from app.services import REDIS_DOWN, Services
+from app.services import Services, redis_outage
 from workers.context import Attempt
 from workers.execute import Executor
 
@@ -70,7 +72,9 @@ class Monitor(threading.Thread):
         lease renewals; the lease renewal reports cancels meanwhile."""
         try:
             step()
-        except REDIS_DOWN as exc:
+        except RedisError as exc:
+            if not redis_outage(exc):
+                raise
             self._redis_outage.down(exc)
             return
         self._redis_outage.up()

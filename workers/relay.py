@@ -28,6 +28,7 @@ from app.domain import TERMINAL_EVENTS
 from app.observability import metrics, tracing
 from app.observability.metrics import RelayMetrics
 from app.redis_keys import PUBLISH_EVENTS, RUN_STREAM_MAXLEN, TENANT_STREAM_MAXLEN, Keys
+from app.services import primary_lost
 
 log = logs.get("runlane.relay")
 
@@ -106,6 +107,8 @@ class Relay:
                 self._serve(stop)
             except (psycopg.Error, RedisError) as exc:
                 log.warning("relay.error", extra={"error": repr(exc)})
+                if primary_lost(exc):  # the address leads to a replica now: connect afresh
+                    self.redis.connection_pool.disconnect()
                 stop.wait(ERROR_BACKOFF_SECONDS)
             finally:
                 self.active.clear()

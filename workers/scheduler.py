@@ -25,7 +25,7 @@ from app.observability import metrics, tracing
 from app.observability.metrics import SchedulerMetrics
 from app.runs import Conn, NewRun
 from app.schedules import next_fire_at
-from app.services import Services
+from app.services import Services, primary_lost
 
 log = logging.getLogger("runlane.scheduler")
 
@@ -77,8 +77,10 @@ class Scheduler:
                 self.fire_schedules(conn)
                 self._every("retention", RETENTION_EVERY_S, lambda: self.retention(conn))
                 return self._sleep(conn)
-        except Exception:  # a database or Redis outage: keep trying
+        except Exception as exc:  # a database or Redis outage: keep trying
             log.exception("scheduler.tick_failed")
+            if primary_lost(exc):  # the address leads to a replica now: connect afresh
+                self.services.redis.connection_pool.disconnect()
             return 1.0
 
     def _every(self, name: str, period: float, step: Callable[[], Any]) -> None:

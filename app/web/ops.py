@@ -8,6 +8,7 @@ import psycopg
 from flask import Blueprint, Response, current_app
 from psycopg_pool import PoolTimeout
 from redis import RedisError
+from redis.exceptions import ReadOnlyError
 
 from app import db, limits, live_workers, logs, queues
 from app.web.current import metrics, services
@@ -17,6 +18,7 @@ from app.web.openapi import Reply, document, documented
 from app.web.responses import Health
 
 READY_TIMEOUT_S = 2.0
+READY_PROBE_TTL_MS = 10_000
 
 log = logs.get("runlane.web")
 
@@ -30,13 +32,19 @@ def healthz() -> dict[str, str]:
 
 
 @bp.get("/readyz")
-@documented("Redis and Postgres reachable, schema current", responses={200: Reply("Ready", Health)})
+@documented(
+    "Redis takes writes, Postgres reachable, schema current",
+    responses={200: Reply("Ready", Health)},
+)
 def readyz() -> Any:
-    """Ready when Redis answers and Postgres answers with the current schema."""
+    """Ready when Redis takes a write and Postgres answers with the current schema."""
     svc = services()
     failures = []
     try:
-        svc.redis.ping()
+        # a write, not a ping: an old primary after a failover answers pings but refuses writes
+        svc.redis.set(svc.keys.ready_probe, "1", px=READY_PROBE_TTL_MS)
+    except ReadOnlyError:
+        failures.append("Redis refuses writes (a replica, as after a failover)")
     except RedisError:
         failures.append("Redis is unreachable")
     try:

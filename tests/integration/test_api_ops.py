@@ -88,6 +88,7 @@ CONTRACT_PATHS = {
     "/v1/queues/{name}/limits": {"put"},
     "/v1/tasks": {"get"},
     "/v1/workers": {"get"},
+    "/v1/tokens": {"post"},
     "/v1/schedules": {"get", "post"},
     "/v1/schedules/{name}": {"delete"},
     "/healthz": {"get"},
