@@ -43,6 +43,12 @@ class Settings:
     web_concurrency: int = 2
     web_threads: int = 64
     access_log: bool = False
+    # Webhooks: private addresses allowed (tests, a local receiver), the retry delays' scale
+    # (tests shorten them), the time an attempt may take, the webhooks process's metrics port.
+    webhooks_allow_private: bool = False
+    webhooks_retry_scale: float = 1.0
+    webhooks_timeout_seconds: float = 10.0
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +77,10 @@ class Settings:
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, low=1, high=64),
             web_threads=_int(env, "RUNLANE_WEB_THREADS", 64, low=1, high=10_000),
             access_log=bool(env.get("RUNLANE_ACCESS_LOG")),
+            webhooks_allow_private=env.get("RUNLANE_WEBHOOKS_ALLOW_PRIVATE") == "1",
+            webhooks_retry_scale=_seconds(env, "RUNLANE_WEBHOOKS_RETRY_SCALE", 1.0),
+            webhooks_timeout_seconds=_seconds(env, "RUNLANE_WEBHOOKS_TIMEOUT_SECONDS", 10.0),
+            metrics_port=_int(env, "RUNLANE_METRICS_PORT", 0, low=1, high=65535) or None,
         )
 
     def require_urls(self) -> tuple[str, str]:

@@ -24,7 +24,17 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """The Flask app. Without arguments (gunicorn's `app.web:create_app()`) it is the entry
     point: it reads the environment and configures logging."""
-    from app.web import bulk_api, ops, queues_api, runs_api, schedules_api, tails, ui, workers_api
+    from app.web import (
+        bulk_api,
+        ops,
+        queues_api,
+        runs_api,
+        schedules_api,
+        tails,
+        ui,
+        webhooks_api,
+        workers_api,
+    )
 
     if services is None:
         if settings is None:
@@ -46,8 +56,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     metrics.init_app(app)
     errors.register(app)
     blueprints = (
-        runs_api.bp, bulk_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, ops.bp, tails.bp,
-        ui.bp,
+        runs_api.bp, bulk_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, webhooks_api.bp,
+        ops.bp, tails.bp, ui.bp,
     )  # fmt: skip
     for blueprint in blueprints:
         app.register_blueprint(blueprint)

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from runlane.cli import admin, commands, dev, entry, limits
+    from runlane.cli import admin, commands, dev, entry, limits, webhooks
 
     root = argparse.ArgumentParser(
         prog="runlane",
@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     commands.register(command)
     admin.register(command)
     limits.register(command)
+    webhooks.register(command)
     return root
 
 
