@@ -24,7 +24,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace, cli: Cli) -> int:
-    endpoint = cli.client.create_webhook(args.url, args.events, args.queue)
+    endpoint = cli.client.create_webhook(args.endpoint_url, args.events, args.queue)
 
     note = "(shown this once: keep it to verify the webhook-signature header)"
     cli.show(
@@ -126,7 +126,10 @@ def register(command: AddCommand) -> None:
         return parser
 
     create = action("create", cmd_create, "make an endpoint; prints its signing secret once")
-    create.add_argument("url", metavar="URL", help="where to POST the events (http or https)")
+    # not `url`: that is the server's (--url)
+    create.add_argument(
+        "endpoint_url", metavar="URL", help="where to POST the events (http or https)"
+    )
     create.add_argument(
         "--events",
         type=events_list,

@@ -49,12 +49,16 @@ def test_each_endpoint_gets_a_secret_of_its_own(client: FlaskClient) -> None:
     assert make(client)["secret"] != make(client)["secret"]
 
 
+def test_events_are_normalised(client: FlaskClient) -> None:
+    assert make(client, events=["*", "run.failed"])["events"] == ["*"]
+    assert make(client, events=["run.failed", "run.failed"])["events"] == ["run.failed"]
+
+
 BAD_BODIES = [
     ({"events": ["*"]}, "url"),
     ({"url": PUBLIC}, "events"),
     ({"url": PUBLIC, "events": []}, "events"),
     ({"url": PUBLIC, "events": ["run.nope"]}, "events"),
-    ({"url": PUBLIC, "events": ["*", "run.failed"]}, "events"),
     ({"url": PUBLIC, "events": "*"}, "events"),
     ({"url": PUBLIC, "events": ["*"], "queue": "no spaces"}, "queue"),
     ({"url": PUBLIC, "events": ["*"], "extra": 1}, "extra"),
