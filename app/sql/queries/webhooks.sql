@@ -90,13 +90,15 @@ WITH slots AS (
     LEFT JOIN unnest(%(busy_ids)s::uuid[], %(busy_counts)s::int[]) AS b(id, busy) USING (id)
     WHERE %(per_endpoint)s > COALESCE(b.busy, 0)
 ), picked AS (
+    -- the longest due first, whichever endpoint: none waits behind another's backlog
     SELECT d.id FROM slots s CROSS JOIN LATERAL (
-        SELECT d.id FROM webhook_deliveries d
+        SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
         WHERE d.endpoint_id = s.id AND d.status = 'pending' AND d.next_attempt_at <= now()
         ORDER BY d.next_attempt_at
         LIMIT s.free
         FOR UPDATE SKIP LOCKED
     ) d
+    ORDER BY d.next_attempt_at
     LIMIT %(free)s
 )
 UPDATE webhook_deliveries d
