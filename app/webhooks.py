@@ -10,12 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from app.db import q
-from app.domain import INTERNAL, MAYBE_UUID_TEXT, TIME, UUID_TEXT, EventType, Record, rfc3339
+from app.domain import INTERNAL, MAYBE_UUID_TEXT, TIME, UUID_TEXT, Record, rfc3339
 from app.runs import Conn
 
-ALL_EVENTS = "*"
 PING = "webhook.ping"
-EVENT_TYPES = frozenset(member.value for member in EventType)
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24  # Standard Webhooks: between 24 and 64 bytes
 
@@ -96,7 +94,7 @@ def delete(conn: Conn, tenant: str, endpoint_id: str) -> bool:
 def ping(conn: Conn, tenant: str, endpoint_id: str) -> str | None:
     """Queue a webhook.ping delivery to the endpoint; its delivery id, or None if no endpoint."""
     body = {"type": PING, "at": rfc3339(datetime.now(UTC)), "data": {"webhook": endpoint_id}}
-    params = {"tenant": tenant, "id": endpoint_id, "payload": json.dumps(body)}
+    params = {"tenant": tenant, "id": endpoint_id, "type": PING, "payload": json.dumps(body)}
     row = conn.execute(q("webhook_ping"), params).fetchone()
     return str(row["id"]) if row else None
 

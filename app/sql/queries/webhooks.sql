@@ -27,7 +27,7 @@ DELETE FROM webhook_endpoints WHERE tenant = %(tenant)s AND id = %(id)s RETURNIN
 
 -- name: webhook_ping
 INSERT INTO webhook_deliveries (endpoint_id, event_type, payload, event_at)
-SELECT id, 'webhook.ping', %(payload)s, clock_timestamp() FROM webhook_endpoints
+SELECT id, %(type)s, %(payload)s, clock_timestamp() FROM webhook_endpoints
 WHERE tenant = %(tenant)s AND id = %(id)s
 RETURNING id;
 
