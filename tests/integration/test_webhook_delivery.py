@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from app.db import q
 from app.runs import Conn
 from app.services import Services
 from tests.helpers import wait_for
-from tests.integration.test_execute import submit
+from tests.integration.test_execute import SchedulerThread, submit
 from tests.webhook_receiver import receiver
 from workers.relay import take_batch
 from workers.webhook_metrics import WebhookMetrics
@@ -85,6 +86,18 @@ def test_deliveries_go_with_runs_deleted_by_retention(services: Services, conn: 
     assert [str(r["id"]) for r in deleted] == [run.id]
     assert deliveries(conn) == []
     assert webhooks.get(conn, "alpha", made.id) is not None  # the endpoint stays
+
+
+def test_pings_go_after_the_retention_period(services: Services, conn: Conn) -> None:
+    made = endpoint(conn)
+    old, recent = webhooks.ping(conn, "alpha", made.id), webhooks.ping(conn, "alpha", made.id)
+    conn.execute(
+        "UPDATE webhook_deliveries SET created_at = now() - interval '8 days' WHERE id = %s",
+        (old,),
+    )
+    SchedulerThread(services).scheduler.retention(conn)
+    assert [d[3] for d in deliveries(conn)] == ["webhook.ping"]
+    assert conn.execute("SELECT id FROM webhook_deliveries").fetchone()["id"] == uuid.UUID(recent)
 
 
 @contextmanager

@@ -48,6 +48,8 @@ CREATE TABLE webhook_deliveries (
 
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (endpoint_id, next_attempt_at)
     WHERE status = 'pending';
+-- pings belong to no run: the scheduler's retention finds the old ones here
+CREATE INDEX webhook_deliveries_pings_idx ON webhook_deliveries (created_at) WHERE run_id IS NULL;
 
 CREATE TABLE webhook_attempts (
     id              bigserial PRIMARY KEY,
