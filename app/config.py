@@ -66,6 +66,12 @@ class Settings:
             return self.otel_traces_exporter != "none"
         return self.otel_endpoint is not None
 
+    # Webhooks: private addresses allowed (tests, a local receiver), the retry delays' scale
+    # (tests shorten them), the time an attempt may take.
+    webhooks_allow_private: bool = False
+    webhooks_retry_scale: float = 1.0
+    webhooks_timeout_seconds: float = 10.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -99,6 +105,9 @@ class Settings:
             metrics_port=_int(env, "RUNLANE_METRICS_PORT", 0, low=1, high=65535) or None,
             otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_traces_exporter=_exporter(env.get("OTEL_TRACES_EXPORTER")),
+            webhooks_allow_private=env.get("RUNLANE_WEBHOOKS_ALLOW_PRIVATE") == "1",
+            webhooks_retry_scale=_seconds(env, "RUNLANE_WEBHOOKS_RETRY_SCALE", 1.0),
+            webhooks_timeout_seconds=_seconds(env, "RUNLANE_WEBHOOKS_TIMEOUT_SECONDS", 10.0),
         )
 
     def require_urls(self) -> tuple[str, str]:

@@ -251,6 +251,32 @@ class Client:
     def delete_schedule(self, name: str) -> None:
         self._call("DELETE", f"/v1/schedules/{_quote(name)}")
 
+    # --- webhooks ------------------------------------------------------------------------------
+
+    def create_webhook(
+        self, url: str, events: Sequence[str] = ("*",), queue: str | None = None
+    ) -> dict[str, Any]:
+        """POST /v1/webhooks: the endpoint, with its signing secret (shown this once)."""
+        body: dict[str, Any] = {"url": url, "events": list(events)}
+        if queue is not None:
+            body["queue"] = queue
+        return self._call("POST", "/v1/webhooks", body)
+
+    def webhooks(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/webhooks")
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._call("DELETE", f"/v1/webhooks/{_quote(webhook_id)}")
+
+    def webhook_deliveries(self, webhook_id: str, limit: int | None = None) -> dict[str, Any]:
+        """The endpoint's delivery attempts, newest first."""
+        path = f"/v1/webhooks/{_quote(webhook_id)}/deliveries"
+        return self._call("GET", path, params={"limit": limit})
+
+    def test_webhook(self, webhook_id: str) -> dict[str, Any]:
+        """Queue a webhook.ping delivery to the endpoint."""
+        return self._call("POST", f"/v1/webhooks/{_quote(webhook_id)}/test")
+
     # --- the live tail -------------------------------------------------------------------------
 
     def tail(

@@ -220,3 +220,4 @@ class Scheduler:
             if len(ids) < 1000:
                 break
         conn.execute(q("delete_expired_batch_keys"), {"days": days})
+        conn.execute(q("delete_expired_webhook_pings"), {"days": days})

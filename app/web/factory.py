@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         tails,
         tokens_api,
         ui,
+        webhooks_api,
         workers_api,
     )
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     errors.register(app)
     blueprints = (
         runs_api.bp, bulk_api.bp, queues_api.bp, schedules_api.bp, workers_api.bp, tokens_api.bp,
+        webhooks_api.bp,
         ops.bp, tails.bp, ui.bp,
     )  # fmt: skip
     for blueprint in blueprints:

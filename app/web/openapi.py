@@ -26,8 +26,8 @@ REF = "#/components/schemas/{model}"
 _ATTR = "runlane_openapi"
 _CACHE = "runlane.openapi"
 IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})  # Werkzeug answers these for every route
-# The contract names a run's path parameter {id}; the views call it run_id.
-PATH_ALIASES = {"run_id": "id"}
+# The contract names a run's (and a webhook's) path parameter {id}; the views call it run_id.
+PATH_ALIASES = {"run_id": "id", "webhook_id": "id"}
 OUTSIDE_BLUEPRINTS = ("ui.",)
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from app.domain import Event, Record, Run, RunStatus, api_fields
 from app.schedules import Schedule
 from app.web.schemas import Backoff
+from app.webhooks import Attempt, Endpoint
 
 
 class Response(BaseModel):
@@ -89,6 +90,10 @@ if TYPE_CHECKING:
 
     class ScheduleOut(Response): ...
 
+    class WebhookOut(Response): ...
+
+    class WebhookAttemptOut(Response): ...
+
 else:
     RunOut = response_of(
         Run,
@@ -109,6 +114,17 @@ else:
     )
     EventOut = response_of(Event, "EventOut", seq=Annotated[int, Field(ge=1)])
     ScheduleOut = response_of(Schedule, "ScheduleOut")
+    WebhookOut = response_of(Endpoint, "WebhookOut")
+    WebhookAttemptOut = response_of(
+        Attempt,
+        "WebhookAttemptOut",
+        status_code=Annotated[int | None, Field(description="the answer's status; null: none")],
+        error=Annotated[str | None, Field(description="why there was no 2xx answer")],
+        next_attempt_at=Annotated[
+            datetime | None, Field(description="the retry this attempt scheduled; null: none")
+        ],
+        delivery_status=Literal["pending", "succeeded", "failed"],
+    )
 
 
 class RunList(Response):
@@ -229,6 +245,27 @@ class TaskList(Response):
 
 class ScheduleList(Response):
     items: list[ScheduleOut]
+
+
+class WebhookList(Response):
+    items: list[WebhookOut]
+
+
+class WebhookCreated(WebhookOut):
+    """The endpoint made, with its signing secret: shown this once."""
+
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/]+=*$")
+
+
+class WebhookAttemptList(Response):
+    items: list[WebhookAttemptOut]
+
+
+class WebhookPingOut(Response):
+    """The ping queued: its delivery's id and webhook-id header."""
+
+    delivery_id: str
+    webhook_id: str
 
 
 class FieldError(Response):

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.domain import RunStatus
+from app.domain import EventType, RunStatus
 from app.flows import MAX_BATCH, MAX_CHILDREN, MAX_DEPTH
 from app.web.fields import (
     CRON_PATTERN,
@@ -278,6 +278,30 @@ class ScheduleCreate(Request):
         return self
 
 
+# A webhook's events: every type (["*"]) or a list of the contract's event types.
+WEBHOOK_EVENTS = ["*", *(member.value for member in EventType)]
+
+
+class WebhookCreate(Request):
+    """POST /v1/webhooks: where to POST which events (of one queue, or all)."""
+
+    # http(s) only; whether its host is one webhooks may reach is checked when it is made
+    url: str = Field(min_length=1, max_length=2000, pattern=r"^https?://[^\x00]+$")
+    events: list[Annotated[str, Field(json_schema_extra={"enum": WEBHOOK_EVENTS})]] = Field(
+        min_length=1, max_length=len(WEBHOOK_EVENTS)
+    )
+    queue: Name | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _all_or_types(cls, value: list[str]) -> list[str]:
+        unknown = [event for event in value if event not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(f"not an event type: {unknown[0]!r}")
+        # "*" among types means every type; repeats count once
+        return ["*"] if "*" in value else list(dict.fromkeys(value))
+
+
 class Query(BaseModel):
     """Query strings arrive as text: numbers are parsed (lax), unknown parameters ignored."""
 
@@ -297,6 +321,10 @@ class RunListQuery(Query):
     cursor: str | None = Field(
         default=None, pattern=CURSOR_PATTERN, description="next_cursor of the last page"
     )
+
+
+class WebhookDeliveriesQuery(Query):
+    limit: int = Field(default=50, ge=1, le=500)
 
 
 class EventListQuery(Query):

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from runlane.cli import admin, commands, dev, entry, limits, token
+    from runlane.cli import admin, commands, dev, entry, limits, token, webhooks
 
     root = argparse.ArgumentParser(
         prog="runlane",
@@ -70,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     admin.register(command)
     limits.register(command)
     token.register(command)
+    webhooks.register(command)
     return root
 
 

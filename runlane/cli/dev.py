@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from runlane.cli import AddCommand
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-STACK = ("web", "worker", "relay", "scheduler")
+STACK = ("web", "worker", "relay", "scheduler", "webhooks")
 READY_WAIT_S = 60.0
 
 

@@ -1,5 +1,5 @@
 """The README's production recipe, exactly as written: `runlane migrate`, then
-`honcho start web worker relay scheduler` with REDIS_URL and DATABASE_URL set."""
+`honcho start web worker relay scheduler webhooks` with REDIS_URL and DATABASE_URL set."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_the_readme_recipe_runs_the_stack_on_port(settings: Settings, tmp_path: 
         "PYTHONUNBUFFERED": "1",
     }
     release, start = readme_recipe()
-    assert start == "honcho start web worker relay scheduler"
+    assert start == "honcho start web worker relay scheduler webhooks"
     subprocess.run(release, shell=True, env=env, cwd=ROOT, check=True, timeout=60)
     log_path = tmp_path / "honcho.log"
     with open(log_path, "wb") as log:

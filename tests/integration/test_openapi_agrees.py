@@ -21,9 +21,10 @@ SSE = {"Accept": "text/event-stream"}
 Case = tuple[str, str, dict[str, Any]]  # method, path (with query), keyword arguments
 
 
-def cases(run_id: str, finished_id: str) -> list[Case]:
+def cases(run_id: str, finished_id: str, webhook_id: str) -> list[Case]:
     """Requests of every documented operation: good ones, and ones that break what they can."""
     run, finished = f"/v1/runs/{run_id}", f"/v1/runs/{finished_id}"
+    hook = f"/v1/webhooks/{webhook_id}"
     schedule = {"name": "nightly", "task": "demo.echo", "every_s": 60}
     return [
         ("post", "/v1/runs", {"json": {"task": "demo.echo"}}),
@@ -87,6 +88,17 @@ def cases(run_id: str, finished_id: str) -> list[Case]:
         ("delete", "/v1/schedules/nightly", {}),
         ("delete", "/v1/schedules/nightly", {}),
         ("delete", "/v1/schedules/a%00b", {}),
+        ("post", "/v1/webhooks", {"json": {"url": "https://93.184.215.14/", "events": ["*"]}}),
+        ("post", "/v1/webhooks", {"json": {"url": "http://127.0.0.1/", "events": ["*"]}}),
+        ("post", "/v1/webhooks", {"data": b"nope"}),
+        ("get", "/v1/webhooks", {}),
+        ("post", f"{hook}/test", {}),
+        ("post", f"/v1/webhooks/{NOBODY}/test", {}),
+        ("get", f"{hook}/deliveries?limit=10", {}),
+        ("get", f"{hook}/deliveries?limit=0", {}),
+        ("get", "/v1/webhooks/nope/deliveries", {}),
+        ("delete", hook, {}),
+        ("delete", hook, {}),
         ("get", "/healthz", {}),
         ("get", "/readyz", {}),
         ("get", "/metrics", {}),
@@ -120,8 +132,10 @@ def test_every_answer_is_a_documented_status_with_a_documented_body(
     finished_id = finished_id["id"]
     with services.pool.connection() as conn:
         runs.request_cancel(conn, "alpha", finished_id)
+    webhook = {"url": "https://93.184.215.14/hook", "events": ["run.succeeded"]}
+    webhook_id = client.post("/v1/webhooks", json=webhook, headers=ALPHA).get_json()["id"]
     exercised: dict[tuple[str, str], set[int]] = {}
-    for method, path, kwargs in cases(run_id, finished_id):
+    for method, path, kwargs in cases(run_id, finished_id, webhook_id):
         for headers in (ALPHA, {}, auth("nope")):
             # the query's token, if any, is what authenticates: no header then
             sent = {**({} if "token=" in path else headers), **kwargs.get("headers", {})}

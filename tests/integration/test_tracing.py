@@ -18,17 +18,21 @@ from flask.testing import FlaskClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 from redis import Redis
 
-from app import logs, runs
+from app import logs, runs, webhooks
 from app.config import Settings
 from app.observability import tracing
 from app.services import Services
 from app.web import create_app
 from tests.conftest import auth
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_for
+from tests.webhook_receiver import receiver
 from workers import relay
 from workers.execute import Executor
+from workers.webhook_metrics import WebhookMetrics
+from workers.webhooks import Deliverer
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 HEADER = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -307,3 +311,33 @@ def test_the_relays_publish_is_linked_to_each_runs_trace(
 
 def test_link_to_is_none_while_tracing_is_off() -> None:
     assert tracing.link_to(HEADER) is None
+
+
+def test_a_webhook_delivery_is_linked_to_its_runs_trace(
+    traced: InMemorySpanExporter, traced_services: Services
+) -> None:
+    svc = traced_services
+    client = create_app(services=svc).test_client()
+    settings = dataclasses.replace(svc.settings, webhooks_allow_private=True)
+    with receiver() as hook, svc.pool.connection() as conn:
+        made = webhooks.create(conn, webhooks.NewEndpoint("alpha", hook.url, ["run.queued"], None))
+        hook.secret = made.secret
+        run = post(client, "/v1/runs", {"task": "demo.echo"}, HEADER)
+        rel = relay.Relay(svc.settings.database_url or "", svc.redis, svc.keys, 3600)
+        rel.ensure_epoch(conn)
+        rel.publish_batch(conn)  # numbered: now the webhooks fan it out
+        deliverer = Deliverer(
+            svc.settings.database_url or "", settings, WebhookMetrics(CollectorRegistry())
+        )
+        try:
+            wait_for(lambda: deliverer.step() or hook.unique(), 10, message="the delivery")
+            wait_for(lambda: hook.unique(), 10, message="the receiver to get it")
+            deliverer.close()
+        finally:
+            deliverer.sender.close()
+    (span,) = spans_by_name(traced)["runlane.webhook.deliver"]
+    (link,) = span.links
+    assert f"{link.context.trace_id:032x}" == TRACE_ID
+    assert (link.attributes or {})["runlane.run_id"] == run["id"]
+    assert (span.attributes or {})["runlane.webhook.ok"] is True
+    assert (span.attributes or {})["http.response.status_code"] == 200

@@ -16,15 +16,10 @@ from prometheus_client import CollectorRegistry
 from app.observability import metrics
 from app.web.metrics import Gauges, Metrics
 from tests.helpers import ROOT
+from workers.webhook_metrics import WebhookMetrics
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "runlane.json"
-# Defined by the webhooks process (issue 14's webhooks branch), which exposes its metrics with
-# app.observability.metrics.exposition; listed here until that module is on this branch.
-WEBHOOK_FAMILIES = {
-    "runlane_webhook_deliveries_total": "counter",
-    "runlane_webhook_delivery_lag_seconds": "histogram",
-}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
 NAME = re.compile(r"\brunlane_[a-z_]+\b")
 
@@ -35,6 +30,7 @@ def exposed_names() -> set[str]:
     registry = CollectorRegistry()
     metrics.WorkerMetrics(registry)
     metrics.RelayMetrics(registry)
+    WebhookMetrics(registry)
     scheduler = CollectorRegistry()  # it defines runs_finished too
     metrics.SchedulerMetrics(scheduler)
     web = Metrics()
@@ -44,7 +40,6 @@ def exposed_names() -> set[str]:
     gauges = Gauges(held=[("t", "q", "rate_limited", 1)], depths=[("q", 2, 1)], workers={"q": 1})
     text = web.exposition(gauges).get_data(as_text=True)
     families |= {(n, "gauge") for n in re.findall(r"^# TYPE (\S+) gauge$", text, re.M)}
-    families |= {(name.removesuffix("_total"), kind) for name, kind in WEBHOOK_FAMILIES.items()}
     return {name + suffix for name, kind in families for suffix in SUFFIXES.get(kind, ("",))}
 
 

@@ -36,3 +36,9 @@ RETURNING runs.id;
 -- name: delete_expired_batch_keys
 -- A batch's Idempotency-Key is kept as long as a run's (its row's column): the runs' retention.
 DELETE FROM batch_requests WHERE created_at < now() - make_interval(days => %(days)s);
+
+-- name: delete_expired_webhook_pings
+-- A ping belongs to no run, so no run's retention takes it: it goes after as long (its attempts
+-- with it, ON DELETE CASCADE). Event deliveries go with their events.
+DELETE FROM webhook_deliveries
+WHERE run_id IS NULL AND created_at < now() - make_interval(days => %(days)s);
