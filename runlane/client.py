@@ -7,7 +7,6 @@ import builtins
 import http.client
 import json
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -20,63 +19,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import connect
 
 from app.config import ClientSettings, ConfigError
+from runlane.errors import ApiError, BatchRefused, Unreachable, problem_of, reason_of
 
+__all__ = [
+    "ApiError", "BatchRefused", "Client", "Reply", "Unreachable", "find_token", "server_url",
+]  # fmt: skip
 TERMINAL = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 BATCH_MAX = 1000  # runs of one POST /v1/runs/batch (contract §5.5)
-_BATCH_ITEM = re.compile(r"\bruns\[(\d+)\]")  # a field of a batch's item: runs[3].priority
-
-
-class ApiError(Exception):
-    """The API answered with an error: `problem` is its application/problem+json body."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        self.status = status
-        self.problem = problem
-        title = problem.get("title") or "error"
-        detail = problem.get("detail")
-        super().__init__(f"{status} {title}" + (f": {detail}" if detail else ""))
-
-    @property
-    def fields(self) -> builtins.list[tuple[str, str]]:
-        """The offending fields of a 4xx (422 names them): `("task", "unknown task 'x'")`."""
-        errors = self.problem.get("errors")
-        if not isinstance(errors, builtins.list):
-            return []
-        return [
-            (str(e.get("field", "")), str(e.get("message", "")))
-            for e in errors
-            if isinstance(e, dict)
-        ]
-
-
-class BatchRefused(ApiError):
-    """submit_many's request for the runs from `offset` on was refused. Each request is all or
-    nothing, so none of those exist; `made` holds the runs the requests before it made. The
-    fields count in the whole list given (`runs[1003].priority`), not in the one request."""
-
-    def __init__(self, refused: ApiError, offset: int, made: builtins.list[dict[str, Any]]) -> None:
-        problem = dict(refused.problem)
-        if isinstance(problem.get("detail"), str):
-            problem["detail"] = _shifted(problem["detail"], offset)
-        if isinstance(problem.get("errors"), builtins.list):
-            problem["errors"] = [
-                {**e, "field": _shifted(e["field"], offset)}
-                if isinstance(e, dict) and isinstance(e.get("field"), str)
-                else e
-                for e in problem["errors"]
-            ]
-        super().__init__(refused.status, problem)
-        self.offset = offset
-        self.made = made
-
-
-class Unreachable(ConnectionError):
-    """No HTTP answer from the server at `url` (refused, timed out, not an HTTP server)."""
-
-    def __init__(self, url: str, reason: object) -> None:
-        self.url = url
-        super().__init__(f"cannot reach {url} ({reason})")
 
 
 @dataclass(frozen=True)
@@ -302,7 +252,7 @@ class Client:
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status not in RETRY_STATUSES:
-                    raise ApiError(status, _problem(exc.response.body)) from None
+                    raise ApiError(status, problem_of(exc.response.body)) from None
             except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
                 pass
             failing_since = failing_since or time.monotonic()
@@ -342,11 +292,11 @@ class Client:
                 status, answer = response.status, dict(response.headers.items())
         except urllib.error.HTTPError as exc:
             with exc:  # it holds the connection open until closed
-                raise ApiError(exc.code, _problem(exc.read())) from None
+                raise ApiError(exc.code, problem_of(exc.read())) from None
         except urllib.error.URLError as exc:
-            raise Unreachable(self.base_url, _reason(exc.reason)) from None
+            raise Unreachable(self.base_url, reason_of(exc.reason)) from None
         except (OSError, http.client.HTTPException) as exc:  # reset, timeout, not HTTP at all
-            raise Unreachable(self.base_url, _reason(exc)) from None
+            raise Unreachable(self.base_url, reason_of(exc)) from None
         lowered = {name.lower(): value for name, value in answer.items()}
         return Reply(status, _json(raw, status, self.base_url), lowered)
 
@@ -400,16 +350,6 @@ def _quote(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
-def _shifted(text: str, offset: int) -> str:
-    """`runs[i]` of one batch request, counted from the start of the whole list."""
-    return _BATCH_ITEM.sub(lambda m: f"runs[{int(m[1]) + offset}]", text)
-
-
-def _reason(reason: object) -> object:
-    """`Connection refused` rather than `[Errno 111] Connection refused`."""
-    return reason.strerror or reason if isinstance(reason, OSError) else reason
-
-
 def _json(raw: bytes, status: int, url: str) -> Any:
     try:
         return json.loads(raw or b"null")
@@ -417,11 +357,3 @@ def _json(raw: bytes, status: int, url: str) -> Any:
         # e.g. --url names some other web server
         problem = {"title": "not JSON", "detail": f"{url} did not answer JSON: is it runlane?"}
         raise ApiError(status, problem) from None
-
-
-def _problem(raw: bytes | bytearray | None) -> dict[str, Any]:
-    try:
-        found = json.loads(raw or b"{}")
-    except ValueError:
-        return {"detail": (raw or b"").decode(errors="replace")[:200]}
-    return found if isinstance(found, dict) else {"detail": str(found)}
