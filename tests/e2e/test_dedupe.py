@@ -68,6 +68,8 @@ def test_twenty_concurrent_submits_over_two_webs_make_one_run(
 def test_the_key_holds_after_redis_is_emptied(
     bases: list[str], redis: Redis, prefix: str, dedupe: dict[str, Any]
 ) -> None:
+    if "debounce_ms" in dedupe:  # a window no slow machine outlasts between the two submits
+        dedupe = {**dedupe, "debounce_ms": 60_000}
     first = submit(bases[0], queue="nobody-serves-this", dedupe=dedupe).json()
     keys = list(redis.scan_iter(match=f"{prefix}*")) + list(redis.scan_iter(match=f"rq:*{prefix}*"))
     assert keys  # the submit did write to Redis, so emptying it is a real loss
