@@ -8,8 +8,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from runlane.cli import client_options, output
-from runlane.cli.commands import INPUT_HELP, Cli, client_command, duration, guarded, json_value
+from runlane.cli import output
+from runlane.cli.commands import (
+    INPUT_HELP,
+    Cli,
+    client_action,
+    client_command,
+    duration,
+    json_value,
+)
 
 if TYPE_CHECKING:
     from runlane.cli import AddCommand
@@ -266,11 +273,7 @@ def _schedules(command: AddCommand) -> None:
     actions = schedules.add_subparsers(metavar="ACTION", title="actions")
 
     def action(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(
-            name, help=help, description=help, parents=[client_options(subcommand=True)]
-        )
-        parser.set_defaults(command=guarded(func))
-        return parser
+        return client_action(actions, name, func, help)
 
     action("list", cmd_schedules, "list your schedules")
     create = action(

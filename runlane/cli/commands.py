@@ -250,6 +250,18 @@ def client_command(
     )
 
 
+def client_action(
+    actions: Any, name: str, func: Callable[[argparse.Namespace, Cli], int], help: str
+) -> argparse.ArgumentParser:
+    """An action of a client command with actions (`runlane schedules create`): guarded, with
+    the server/output options again. `actions` is the command's add_subparsers()."""
+    parser: argparse.ArgumentParser = actions.add_parser(
+        name, help=help, description=help, parents=[client_options(subcommand=True)]
+    )
+    parser.set_defaults(command=guarded(func))
+    return parser
+
+
 def register(command: AddCommand) -> None:
     from runlane.cli import flows  # it imports this module
 

@@ -7,8 +7,8 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
-from runlane.cli import client_options, output
-from runlane.cli.commands import Cli, guarded
+from runlane.cli import output
+from runlane.cli.commands import Cli, client_action
 
 if TYPE_CHECKING:
     from runlane.cli import AddCommand
@@ -119,11 +119,7 @@ def register(command: AddCommand) -> None:
     actions = webhooks.add_subparsers(metavar="ACTION", title="actions")
 
     def action(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(
-            name, help=help, description=help, parents=[client_options(subcommand=True)]
-        )
-        parser.set_defaults(command=guarded(func))
-        return parser
+        return client_action(actions, name, func, help)
 
     create = action("create", cmd_create, "make an endpoint; prints its signing secret once")
     # not `url`: that is the server's (--url)
